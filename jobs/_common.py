@@ -1,0 +1,19 @@
+"""Shared entry-point plumbing: logging and turning config errors into a clear exit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,163 @@
+"""Ray Data backend: the only place that knows about ``map_batches``, actor pools and resources.
+
+Sources become a dataset of one row per input file; each stage becomes one ``map_batches`` over
+Arrow batches: stateful stages (models) on an actor pool whose actors call ``setup()`` once,
+stateless ones as tasks (Ray fuses consecutive task stages). Blocks stream into an
+:class:`IndexDatasink` as they finish, so pages are written while later documents still render.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from collections.abc import Mapping
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy, DataContext, Datasink, TaskPoolStrategy
+from ray.data.datasource.datasink import WriteResult
+
+from pipelines.backends.base import BlockWriter, StageResources
+from pipelines.errors import ConfigError
+from pipelines.stages.base import Stage
+
+logger = logging.getLogger(__name__)
+
+
+class _StageActor:
+    """Actor wrapper: one stage object per actor, set up once."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+class IndexDatasink(Datasink[dict]):
+    """Writes each block through ``write_block`` and sums the counts it returns."""
+
+    def __init__(self, write_block: BlockWriter):
+        self.write_block = write_block
+        self.totals: dict[str, int] = {}
+
+    def write(self, blocks, ctx) -> dict:
+        totals: Counter = Counter()
+        for block in blocks:
+            table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+            if table.num_rows:
+                totals.update(self.write_block(table))
+        return dict(totals)
+
+    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
+        totals: Counter = Counter()
+        for counts in write_result.write_returns:
+            totals.update(counts or {})
+        self.totals = dict(totals)
+
+    def get_name(self) -> str:
+        return "PageIndex"
+
+
+def init_ray(address: str | None, num_cpus: int | None, object_store_memory: int | None, env_vars: dict) -> None:
+    """Connect to a cluster (``address``) or start a local one sized by ``num_cpus``."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
+
+
+def check_resources_fit(stages: list[Stage], resources: Mapping[str, StageResources]) -> None:
+    """Fail fast when actor pools would reserve so much that task stages can never be scheduled.
+
+    Actors hold their CPUs/GPUs for the whole run; if what is left cannot fit one task of every
+    task stage, Ray Data waits forever instead of failing.
+    """
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    actor_cpus = actor_gpus = 0.0
+    for stage in stages:
+        res = resources.get(stage.name, StageResources())
+        if stage.stateful:
+            actor_cpus += res.num_cpus * (res.concurrency or 1)
+            actor_gpus += res.num_gpus * (res.concurrency or 1)
+    if actor_gpus > gpus:
+        msg = f"actor pools need {actor_gpus} GPUs but the cluster has {gpus}; lower ray.stages.*.num_gpus/concurrency"
+        raise ConfigError(msg)
+    for stage in stages:
+        res = resources.get(stage.name, StageResources())
+        if not stage.stateful and actor_cpus + res.num_cpus > cpus + 1e-9:
+            msg = (
+                f"actor pools reserve {actor_cpus} of {cpus} CPUs, leaving no room for a {res.num_cpus}-CPU "
+                f"{stage.name!r} task; lower ray.stages.<stage>.num_cpus or concurrency (or add CPUs)"
+            )
+            raise ConfigError(msg)
+
+
+def execute(
+    sources: pa.Table,
+    stages: list[Stage],
+    resources: Mapping[str, StageResources],
+    write_block: BlockWriter,
+    max_source_blocks: int = 1000,
+    progress_bars: bool | None = None,
+) -> dict:
+    """Run ``stages`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts."""
+    check_resources_fit(stages, resources)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
+    # Per-file rows are tiny; one block per file (up to a cap) lets rasterization spread over workers.
+    # (Slicing on the driver rather than repartitioning: a shuffle stage would need whole CPUs that the
+    # actor pools may already hold.)
+    n_blocks = max(1, min(sources.num_rows, max_source_blocks))
+    rows_per_block = -(-sources.num_rows // n_blocks)
+    blocks = [sources.slice(start, rows_per_block) for start in range(0, sources.num_rows, rows_per_block)]
+    dataset = ray.data.from_arrow(blocks)
+    for stage in stages:
+        res = resources.get(stage.name, StageResources())
+        remote_args = {"num_cpus": res.num_cpus}
+        if res.num_gpus:
+            remote_args["num_gpus"] = res.num_gpus
+        if res.memory_bytes:
+            remote_args["memory"] = res.memory_bytes
+        if stage.stateful:
+            size = res.concurrency or 1
+            # max_restarts is Ray Data's actor default anyway; stating it also keeps Ray from fusing
+            # the upstream CPU stage into this actor (fusion needs identical remote args), which
+            # would run rasterization inside the model's actor pool one batch at a time.
+            remote_args["max_restarts"] = -1
+            dataset = dataset.map_batches(
+                _StageActor,
+                fn_constructor_args=(stage,),
+                batch_size=res.batch_size,
+                batch_format="pyarrow",
+                compute=ActorPoolStrategy(size=size),
+                udf_modifying_row_count=stage.changes_row_count,
+                **remote_args,
+            )
+        else:
+            dataset = dataset.map_batches(
+                stage,
+                batch_size=res.batch_size,
+                batch_format="pyarrow",
+                compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None,
+                udf_modifying_row_count=stage.changes_row_count,
+                **remote_args,
+            )
+    sink = IndexDatasink(write_block)
+    # The write runs as tasks after the last stage; with the same CPU request Ray fuses it into that
+    # stage (and it must fit beside the actor pools, like any task stage).
+    last = resources.get(stages[-1].name, StageResources()) if stages else StageResources()
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": last.num_cpus})
+    return sink.totals

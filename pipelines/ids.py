@@ -1,0 +1,31 @@
+"""Deterministic identifiers: ids come from content, so re-runs overwrite instead of duplicating."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+DOC_ID_HEX_CHARS = 32  # 128 bits of sha256: collision-free at any corpus size we will see
+
+
+def doc_id_from_bytes(data: bytes) -> str:
+    """Document id: the first 128 bits of the sha256 of the file's bytes, as hex."""
+    return hashlib.sha256(data).hexdigest()[:DOC_ID_HEX_CHARS]
+
+
+def page_id(doc_id: str, page_number: int) -> str:
+    """Page id from a document id and a 1-based page number; also the Vespa document id."""
+    if page_number < 1:
+        msg = f"page numbers are 1-based, got {page_number}"
+        raise ValueError(msg)
+    return f"{doc_id}-p{page_number}"
+
+
+def config_hash(settings: dict[str, Any]) -> str:
+    """Short stable hash of the settings that change a page's vectors (model, render budget, pooling).
+
+    Two indexes with different config hashes hold vectors that must not be mixed.
+    """
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

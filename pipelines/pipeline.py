@@ -1,0 +1,229 @@
+"""Build the indexing pipeline from a resolved config and run it end to end.
+
+This is the driver side: validate config (fail fast), list the inputs, pick the backend, write the
+index and its run report. Stages and the Ray wiring live elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from pipelines import ids, index, io, schema
+from pipelines.backends.base import StageResources
+from pipelines.errors import ConfigError
+from pipelines.models import registry
+from pipelines.stages.base import Stage
+from pipelines.stages.compress import BinarizeStage, PoolStage
+from pipelines.stages.embed import EmbedStage
+from pipelines.stages.rasterize import RasterizeStage
+
+logger = logging.getLogger(__name__)
+
+STAGE_ORDER = ("rasterize", "embed", "pool", "binarize")
+
+
+@dataclass
+class IndexPlan:
+    """Everything a backend needs, derived from the config on the driver."""
+
+    stages: list[Stage]
+    resources: dict[str, StageResources]
+    settings: dict[str, Any] = field(default_factory=dict)  # what determines the vectors
+    config_hash: str = ""
+
+
+def require(cfg: DictConfig, key: str, hint: str) -> Any:
+    """Value at dotted ``key``; a missing (``???``) or null value raises :class:`ConfigError` with ``hint``."""
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    except MissingMandatoryValue:
+        value = None
+    if value is None or value == "":
+        msg = f"missing required config value {key!r}: {hint}"
+        raise ConfigError(msg)
+    return value
+
+
+def to_plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_plan(cfg: DictConfig) -> IndexPlan:
+    """Validate ``cfg`` and build the stage objects and their scheduling. Raises :class:`ConfigError`."""
+    try:
+        spec = registry.get_spec(require(cfg, "model.name", "pick a model, e.g. model=colqwen2.5-v0.2 or model=tiny"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    raster = cfg.rasterize
+    max_pixels = int(raster.max_pixels or spec.max_pixels)
+    pool_factor = int(cfg.pooling.pool_factor)
+    try:
+        stages: list[Stage] = [
+            RasterizeStage(
+                max_pixels=max_pixels,
+                max_dpi=float(raster.max_dpi),
+                hard_max_pixels=int(raster.hard_max_pixels),
+                window_pages=int(raster.window_pages),
+                image_format=str(raster.image_format),
+                jpeg_quality=int(raster.jpeg_quality),
+                extract_text=bool(raster.extract_text),
+                timeout_s=float(raster.timeout_s),
+                max_file_bytes=int(raster.max_file_bytes),
+                storage_options=to_plain(cfg.source.storage_options) or None,
+            ),
+            EmbedStage(
+                model_name=spec.name,
+                name_or_path=cfg.model.name_or_path,
+                cache_dir=cfg.model.cache_dir,
+                device=str(cfg.model.device),
+                dtype=str(cfg.model.dtype),
+                micro_batch_size=int(cfg.model.micro_batch_size),
+            ),
+            PoolStage(pool_factor=pool_factor),
+            BinarizeStage(),
+        ]
+        stage_cfg = to_plain(cfg.ray.stages) or {}
+        unknown = set(stage_cfg) - set(STAGE_ORDER)
+        if unknown:
+            msg = f"ray.stages has unknown stages {sorted(unknown)}; known: {list(STAGE_ORDER)}"
+            raise ConfigError(msg)
+        resources = {name: StageResources(**stage_cfg.get(name, {})) for name in STAGE_ORDER}
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
+    if cfg.backend not in ("ray", "local"):
+        msg = f"backend must be 'ray' or 'local', got {cfg.backend!r}"
+        raise ConfigError(msg)
+    settings = {
+        "model": spec.name,
+        "name_or_path": cfg.model.name_or_path,
+        "max_pixels": max_pixels,
+        "max_dpi": float(raster.max_dpi),
+        "image_format": str(raster.image_format),
+        "pool_factor": pool_factor,
+        "binary": "sign-bits-big-endian",
+    }
+    return IndexPlan(stages, resources, settings, ids.config_hash(settings))
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("ray", "torch", "transformers", "colpali-engine", "pyarrow", "pdf2image"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def run_index(cfg: DictConfig) -> dict[str, Any]:
+    """Run the indexing job described by ``cfg``; returns the run report (also written to the index).
+
+    Raises :class:`ConfigError` on bad configuration before any work starts, and
+    ``FileNotFoundError`` when the input location does not exist.
+    """
+    source_location = require(cfg, "source.location", "set source.location=<PDF file, directory or fsspec URL>")
+    output_location = require(cfg, "output.location", "set output.location=<directory or fsspec URL>")
+    if cfg.output.mode != "overwrite":
+        msg = f"output.mode must be 'overwrite' (got {cfg.output.mode!r})"
+        raise ConfigError(msg)
+    plan = build_plan(cfg)
+    source_location = _absolute(source_location)
+    output_location = _absolute(output_location)
+
+    files = io.list_files(
+        source_location,
+        suffixes=tuple(cfg.source.suffixes),
+        glob=cfg.source.glob,
+        storage_options=to_plain(cfg.source.storage_options),
+    )
+    if not files:
+        msg = f"no input files matching {list(cfg.source.suffixes)} under {source_location!r}"
+        raise ConfigError(msg)
+    sources = pa.table(
+        {"source_uri": [uri for uri, _ in files], "source_size": [size for _, size in files]},
+        schema=schema.SOURCE_SCHEMA,
+    )
+    logger.info("listed %d input files under %s", len(files), source_location)
+
+    location = index.IndexLocation(output_location, to_plain(cfg.output.storage_options))
+    location.clear_tables()
+    location.write_text(index.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC)
+
+    def write_block(block: pa.Table) -> dict[str, int]:
+        return location.write_block(block, plan.settings["model"], plan.config_hash)
+
+    if cfg.backend == "local":
+        from pipelines.backends import local
+
+        totals = local.execute(sources, plan.stages, write_block, docs_per_batch=1)
+    else:
+        from pipelines.backends import ray_data
+
+        ray_data.init_ray(
+            cfg.ray.address,
+            cfg.ray.num_cpus,
+            cfg.ray.object_store_memory,
+            env_vars=_worker_env(),
+        )
+        totals = ray_data.execute(
+            sources,
+            plan.stages,
+            plan.resources,
+            write_block,
+            max_source_blocks=int(cfg.ray.max_source_blocks),
+            progress_bars=cfg.ray.progress_bars,
+        )
+    wall_s = time.perf_counter() - started
+    summary = index.summarize(location, sources.column("source_uri").to_pylist())
+    report = {
+        "run_id": uuid.uuid4().hex,
+        "started_at": started_at.isoformat(),
+        "wall_seconds": round(wall_s, 3),
+        "pages_per_second": round(summary["pages_indexed"] / wall_s, 3) if wall_s > 0 else None,
+        "backend": cfg.backend,
+        "source": source_location,
+        "index": output_location,
+        "model": plan.settings["model"],
+        "is_test_model": registry.get_spec(plan.settings["model"]).is_test_model,
+        "config_hash": plan.config_hash,
+        "settings": plan.settings,
+        "written": totals,
+        **summary,
+        "versions": _versions(),
+    }
+    location.write_text(index.REPORT_FILE, json.dumps(report, indent=2))
+    return report
+
+
+def _absolute(location: str) -> str:
+    """Local relative paths become absolute: Ray workers do not share the driver's cwd."""
+    if "://" in location:
+        return location
+    return os.path.abspath(location)
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment the driver passes to Ray workers (importable package, offline hub settings)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "PIPELINES_CACHE_DIR", "TOKENIZERS_PARALLELISM"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env

@@ -1,0 +1,90 @@
+"""Embed: page images → multi-vectors with a ColPali-family model (one model per actor)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipelines import schema
+from pipelines.stages.base import Stage, error_fields
+
+
+@dataclass
+class EmbedStage(Stage):
+    """Encode every page row's ``image`` into ``embedding`` (float16 bytes) and ``n_vectors``.
+
+    ``micro_batch_size`` is the model's forward batch, independent of how many rows Ray hands the
+    stage. Rows are sorted by image area before micro-batching so pages of similar size share a
+    forward pass (less padding). A page whose image cannot be decoded or processed becomes an
+    ``embed`` error row; a failing forward pass of a whole micro-batch is retried page by page so one
+    bad page cannot take its neighbours with it. Model-level failures (OOM, bad weights) raise.
+    """
+
+    name: ClassVar[str] = "embed"
+    stateful: ClassVar[bool] = True
+
+    model_name: str = "tiny"
+    name_or_path: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    micro_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1:
+            msg = f"model.micro_batch_size must be >= 1, got {self.micro_batch_size}"
+            raise ValueError(msg)
+        self._encoder = None
+
+    def setup(self) -> None:
+        from pipelines.models.encoder import MultiVectorEncoder
+
+        if self._encoder is None:
+            self._encoder = MultiVectorEncoder(
+                self.model_name, self.name_or_path, self.cache_dir, self.device, self.dtype
+            )
+
+    def __getstate__(self):
+        # The loaded model never travels with the stage; each worker loads its own in setup().
+        state = dict(self.__dict__)
+        state["_encoder"] = None
+        return state
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        self.setup()
+        rows = batch.to_pylist()
+        todo = [i for i, row in enumerate(rows) if row["error_type"] is None]
+        images: dict[int, Image.Image] = {}
+        for i in todo:
+            try:
+                image = Image.open(io.BytesIO(rows[i]["image"]))
+                image.load()
+                images[i] = image.convert("RGB")
+            except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
+                rows[i].update(error_fields(self.name, "image_decode", f"{type(exc).__name__}: {exc}"))
+        order = sorted(images, key=lambda i: images[i].width * images[i].height)
+        for start in range(0, len(order), self.micro_batch_size):
+            chunk = order[start : start + self.micro_batch_size]
+            for i, vectors in zip(chunk, self._embed_isolating(chunk, images, rows), strict=True):
+                if vectors is None:
+                    continue
+                rows[i]["embedding"] = vectors.astype("<f2").tobytes()
+                rows[i]["n_vectors_raw"] = rows[i]["n_vectors"] = int(vectors.shape[0])
+                rows[i]["model"] = self.model_name
+        return schema.rows_to_table(rows)
+
+    def _embed_isolating(self, chunk: list[int], images: dict, rows: list[dict]) -> list[np.ndarray | None]:
+        try:
+            return self._encoder.embed_images([images[i] for i in chunk], micro_batch_size=len(chunk))
+        except (ValueError, RuntimeError) as exc:
+            if len(chunk) > 1:
+                return [self._embed_isolating([i], images, rows)[0] for i in chunk]
+            if "out of memory" in str(exc).lower():
+                raise
+            rows[chunk[0]].update(error_fields(self.name, "embed_failed", f"{type(exc).__name__}: {exc}"))
+            return [None]

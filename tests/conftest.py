@@ -1,0 +1,66 @@
+"""Shared fixtures.
+
+- ``shared_corpus``: the 32 real-world PDFs in ``../shared/corpus/py-pdf-sample-files`` (CC-BY-SA).
+- ``sample_corpus``: the generated sample corpus (pipelines.corpus), once per session.
+- ``tiny_model_dir``: the random-weight TEST model, built offline once per session into a temp cache
+  and loaded through the same ``from_pretrained`` path as real checkpoints.
+- ``ray_cluster``: one local 2-CPU Ray instance per session (Ray start-up costs seconds).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO.parent / "shared" / "corpus" / "py-pdf-sample-files"
+ENCRYPTED_PDF = "005-libreoffice-writer-password_libreoffice-writer-password.pdf"
+
+
+@pytest.fixture(scope="session")
+def shared_corpus() -> Path:
+    if not SHARED_CORPUS.is_dir():
+        pytest.fail(f"shared corpus missing at {SHARED_CORPUS}")
+    return SHARED_CORPUS
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("model-cache")
+    os.environ["PIPELINES_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(model_cache) -> Path:
+    from pipelines.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(model_cache)
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory) -> Path:
+    from pipelines.corpus import generate_sample_corpus
+
+    out = tmp_path_factory.mktemp("sample-corpus")
+    generate_sample_corpus(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(model_cache):
+    import ray
+
+    from pipelines.pipeline import _worker_env
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": _worker_env()}, log_to_driver=False)
+    yield
+    ray.shutdown()
