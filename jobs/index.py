@@ -26,7 +26,8 @@ def print_summary(report: dict) -> None:
         f"index: {report['index']}",
         f"model: {report['model']}{test_note}  config_hash: {report['config_hash']}  backend: {report['backend']}",
         f"files: {report['files_listed']} listed, {report['files_indexed']} indexed, "
-        f"{report['files_failed_entirely']} failed, {len(report['files_unaccounted'])} unaccounted",
+        f"{report['files_failed_entirely']} failed, {len(report['files_unaccounted'])} unaccounted; "
+        f"{len(report['files_skipped_by_suffix'])} other files skipped (not {'/'.join(report['suffixes'])})",
         f"pages: {report['pages_indexed']} indexed in {report['wall_seconds']:.1f}s "
         f"({report['pages_per_second']} pages/s); vectors: {report['vectors_before_pooling']} -> "
         f"{report['vectors_stored']} after pooling",

@@ -43,12 +43,37 @@ def list_files(
         return [(fs.unstrip_protocol(path), int(info.get("size") or 0))]
     else:
         infos = fs.find(path, detail=True)
-    files = [
-        (fs.unstrip_protocol(p), int(info.get("size") or 0))
-        for p, info in infos.items()
-        if info.get("type", "file") == "file" and p.lower().endswith(tuple(s.lower() for s in suffixes))
-    ]
-    return sorted(files)
+    files, _ = _split_by_suffix(fs, infos, suffixes)
+    return files
+
+
+def list_inputs(
+    location: str,
+    suffixes: tuple[str, ...] = (".pdf",),
+    glob: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """Like :func:`list_files`, but also return the URIs of files skipped for their suffix.
+
+    Jobs report the skipped ones so that every file under the location is accounted for.
+    """
+    fs, path = filesystem_for(location, storage_options)
+    if not glob and fs.exists(path) and not fs.isfile(path):
+        return _split_by_suffix(fs, fs.find(path, detail=True), suffixes)
+    return list_files(location, suffixes, glob, storage_options), []
+
+
+def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):
+    wanted = tuple(s.lower() for s in suffixes)
+    files, skipped = [], []
+    for p, info in infos.items():
+        if info.get("type", "file") != "file":
+            continue
+        if p.lower().endswith(wanted):
+            files.append((fs.unstrip_protocol(p), int(info.get("size") or 0)))
+        else:
+            skipped.append(fs.unstrip_protocol(p))
+    return sorted(files), sorted(skipped)
 
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None, max_bytes: int | None = None) -> bytes:

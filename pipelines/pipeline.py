@@ -145,7 +145,7 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
     source_location = _absolute(source_location)
     output_location = _absolute(output_location)
 
-    files = io.list_files(
+    files, skipped = io.list_inputs(
         source_location,
         suffixes=tuple(cfg.source.suffixes),
         glob=cfg.source.glob,
@@ -158,7 +158,7 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
         {"source_uri": [uri for uri, _ in files], "source_size": [size for _, size in files]},
         schema=schema.SOURCE_SCHEMA,
     )
-    logger.info("listed %d input files under %s", len(files), source_location)
+    logger.info("listed %d input files under %s (%d skipped by suffix)", len(files), source_location, len(skipped))
 
     location = index.IndexLocation(output_location, to_plain(cfg.output.storage_options))
     location.clear_tables()
@@ -206,6 +206,8 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
         "settings": plan.settings,
         "written": totals,
         **summary,
+        "files_skipped_by_suffix": skipped,
+        "suffixes": list(cfg.source.suffixes),
         "versions": _versions(),
     }
     location.write_text(index.REPORT_FILE, json.dumps(report, indent=2))
