@@ -22,10 +22,17 @@ class StageResources:
     batch_size: int = 8
     concurrency: int | None = None
     memory_bytes: int | None = None
+    #: Intra-op threads for the stage's numeric libraries (OMP/MKL). None: Ray's default, one per
+    #: requested CPU. 0: every core of the node, for a model actor that shares a small machine with
+    #: light CPU stages (on 2 cores the embedder would otherwise use only one).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             msg = f"ray stage batch_size must be >= 1, got {self.batch_size}"
+            raise ValueError(msg)
+        if self.threads is not None and self.threads < 0:
+            msg = f"ray stage threads must be >= 0 or null, got {self.threads}"
             raise ValueError(msg)
         if self.concurrency is not None and self.concurrency < 1:
             msg = f"ray stage concurrency must be >= 1 or null, got {self.concurrency}"

@@ -20,8 +20,9 @@ def execute(sources: pa.Table, stages: list[Stage], write_block: BlockWriter, do
         stage.setup()
     totals: Counter = Counter()
     for start in range(0, sources.num_rows, docs_per_batch):
-        batch = schema.conform(sources.slice(start, docs_per_batch))
+        batches = [schema.conform(sources.slice(start, docs_per_batch))]
         for stage in stages:
-            batch = stage(batch)
-        totals.update(write_block(batch))
+            batches = [out for batch in batches for out in stage(batch)]
+        for batch in batches:
+            totals.update(write_block(batch))
     return dict(totals)

@@ -9,9 +9,10 @@ stateless ones as tasks (Ray fuses consecutive task stages). Blocks stream into 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 import ray
@@ -32,8 +33,8 @@ class _StageActor:
         self.stage = stage
         self.stage.setup()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        yield from self.stage(batch)
 
 
 class IndexDatasink(Datasink[dict]):
@@ -131,6 +132,9 @@ def execute(
             remote_args["num_gpus"] = res.num_gpus
         if res.memory_bytes:
             remote_args["memory"] = res.memory_bytes
+        if res.threads is not None:
+            threads = str(res.threads or os.cpu_count() or 1)
+            remote_args["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}
         if stage.stateful:
             size = res.concurrency or 1
             # max_restarts is Ray Data's actor default anyway; stating it also keeps Ray from fusing
@@ -160,4 +164,5 @@ def execute(
     # stage (and it must fit beside the actor pools, like any task stage).
     last = resources.get(stages[-1].name, StageResources()) if stages else StageResources()
     dataset.write_datasink(sink, ray_remote_args={"num_cpus": last.num_cpus})
+    logger.info("ray data execution stats:\n%s", dataset.stats())
     return sink.totals

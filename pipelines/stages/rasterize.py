@@ -13,6 +13,7 @@ import math
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,20 +91,25 @@ class RasterizeStage(Stage):
             msg = f"rasterize.window_pages must be >= 1, got {self.window_pages}"
             raise ValueError(msg)
 
-    def process_batch(self, batch: pa.Table) -> pa.Table:
-        rows: list[dict] = []
+    def process_stream(self, batch: pa.Table) -> Iterator[pa.Table]:
         for uri in batch.column("source_uri").to_pylist():
-            rows.extend(self.rasterize_document(uri))
-        return schema.rows_to_table(rows)
+            for rows in self.rasterize_windows(uri):
+                yield schema.rows_to_table(rows)
 
     def rasterize_document(self, uri: str) -> list[dict]:
         """All page records (and error records) of one document; never raises on bad data."""
+        return [row for rows in self.rasterize_windows(uri) for row in rows]
+
+    def rasterize_windows(self, uri: str) -> Iterator[list[dict]]:
+        """The records of one document, ``window_pages`` pages at a time (bounded memory)."""
         try:
             data = io.read_bytes(uri, self.storage_options, max_bytes=self.max_file_bytes)
         except ValueError as exc:
-            return [{"source_uri": uri, **error_fields(self.name, "too_large", str(exc))}]
+            yield [{"source_uri": uri, **error_fields(self.name, "too_large", str(exc))}]
+            return
         except OSError as exc:
-            return [{"source_uri": uri, **error_fields(self.name, "read_failed", f"{type(exc).__name__}: {exc}")}]
+            yield [{"source_uri": uri, **error_fields(self.name, "read_failed", f"{type(exc).__name__}: {exc}")}]
+            return
         doc_id = ids.doc_id_from_bytes(data)
         base = {"source_uri": uri, "doc_id": doc_id}
         with tempfile.TemporaryDirectory(prefix="rasterize-") as tmp:
@@ -114,13 +120,12 @@ class RasterizeStage(Stage):
                 del data
                 sizes = self._page_sizes(pdf_path)
             except DocumentError as exc:
-                return [{**base, **error_fields(self.name, exc.error_type, str(exc))}]
+                yield [{**base, **error_fields(self.name, exc.error_type, str(exc))}]
+                return
             base["page_count"] = len(sizes)
-            rows: list[dict] = []
             for start in range(1, len(sizes) + 1, self.window_pages):
                 stop = min(start + self.window_pages - 1, len(sizes))
-                rows.extend(self._render_window(pdf_path, Path(tmp), base, sizes, start, stop))
-        return rows
+                yield self._render_window(pdf_path, Path(tmp), base, sizes, start, stop)
 
     @staticmethod
     def _check_header(data: bytes) -> None:

@@ -76,7 +76,7 @@ def page_batch(arrays):
 
 def test_pool_and_binarize_stages_update_vectors_and_pass_error_rows_through():
     arrays = [unit_vectors(60, seed=1), unit_vectors(31, seed=2)]
-    out = BinarizeStage()(PoolStage(pool_factor=3)(page_batch(arrays)))
+    out = BinarizeStage().apply(PoolStage(pool_factor=3).apply(page_batch(arrays)))
     assert out.schema == schema.PAGE_SCHEMA
     rows = out.to_pylist()
     for row, raw in zip(rows[:2], arrays, strict=True):
