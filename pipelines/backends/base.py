@@ -23,8 +23,7 @@ class StageResources:
     concurrency: int | None = None
     memory_bytes: int | None = None
     #: Intra-op threads for the stage's numeric libraries (OMP/MKL). None: Ray's default, one per
-    #: requested CPU. 0: every core of the node, for a model actor that shares a small machine with
-    #: light CPU stages (on 2 cores the embedder would otherwise use only one).
+    #: requested CPU. 0: every core of the node (a CPU-only model actor on a node of its own).
     threads: int | None = None
 
     def __post_init__(self) -> None:

@@ -164,5 +164,5 @@ def execute(
     # stage (and it must fit beside the actor pools, like any task stage).
     last = resources.get(stages[-1].name, StageResources()) if stages else StageResources()
     dataset.write_datasink(sink, ray_remote_args={"num_cpus": last.num_cpus})
-    logger.info("ray data execution stats:\n%s", dataset.stats())
+    logger.debug("ray data execution stats:\n%s", dataset.stats())
     return sink.totals
