@@ -58,7 +58,11 @@ def list_inputs(
     Jobs report the skipped ones so that every file under the location is accounted for.
     """
     fs, path = filesystem_for(location, storage_options)
-    if not glob and fs.exists(path) and not fs.isfile(path):
+    if glob:
+        pattern = posixpath.join(path.rstrip("/"), glob)
+        infos = {p: fs.info(p) for p in fs.glob(pattern)}
+        return _split_by_suffix(fs, {p: i for p, i in infos.items() if i.get("type") == "file"}, suffixes)
+    if fs.exists(path) and not fs.isfile(path):
         return _split_by_suffix(fs, fs.find(path, detail=True), suffixes)
     return list_files(location, suffixes, glob, storage_options), []
 
@@ -76,13 +80,17 @@ def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):
     return sorted(files), sorted(skipped)
 
 
+class FileTooLarge(ValueError):
+    """The object is larger than the configured limit; it was not read."""
+
+
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None, max_bytes: int | None = None) -> bytes:
-    """Read a whole object. With ``max_bytes``, raise ``ValueError`` instead of reading a larger one."""
+    """Read a whole object. With ``max_bytes``, raise :class:`FileTooLarge` instead of reading a larger one."""
     fs, path = filesystem_for(uri, storage_options)
     if max_bytes is not None:
         size = fs.size(path)
         if size is not None and size > max_bytes:
             msg = f"file is {size} bytes, over the limit of {max_bytes} (rasterize.max_file_bytes)"
-            raise ValueError(msg)
+            raise FileTooLarge(msg)
     with fs.open(path, "rb") as handle:
         return handle.read()

@@ -68,9 +68,9 @@ def build_plan(cfg: DictConfig) -> IndexPlan:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     raster = cfg.rasterize
-    max_pixels = int(raster.max_pixels or spec.max_pixels)
-    pool_factor = int(cfg.pooling.pool_factor)
     try:
+        max_pixels = int(raster.max_pixels or spec.max_pixels)
+        pool_factor = int(cfg.pooling.pool_factor)
         stages: list[Stage] = [
             RasterizeStage(
                 max_pixels=max_pixels,
@@ -114,6 +114,9 @@ def build_plan(cfg: DictConfig) -> IndexPlan:
         "max_pixels": max_pixels,
         "max_dpi": float(raster.max_dpi),
         "image_format": str(raster.image_format),
+        "jpeg_quality": int(raster.jpeg_quality) if raster.image_format == "jpeg" else None,
+        "device": str(cfg.model.device),
+        "dtype": str(cfg.model.dtype),
         "pool_factor": pool_factor,
         "binary": "sign-bits-big-endian",
     }
@@ -160,6 +163,13 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
     )
     logger.info("listed %d input files under %s (%d skipped by suffix)", len(files), source_location, len(skipped))
 
+    if cfg.backend == "ray":
+        from pipelines.backends import ray_data
+
+        # Start (or join) Ray and check the plan fits before touching an existing index.
+        ray_data.init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_memory, env_vars=_worker_env())
+        ray_data.check_resources_fit(plan.stages, plan.resources)
+
     location = index.IndexLocation(output_location, to_plain(cfg.output.storage_options))
     location.clear_tables()
     location.write_text(index.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
@@ -174,14 +184,6 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
 
         totals = local.execute(sources, plan.stages, write_block, docs_per_batch=1)
     else:
-        from pipelines.backends import ray_data
-
-        ray_data.init_ray(
-            cfg.ray.address,
-            cfg.ray.num_cpus,
-            cfg.ray.object_store_memory,
-            env_vars=_worker_env(),
-        )
         totals = ray_data.execute(
             sources,
             plan.stages,

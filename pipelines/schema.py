@@ -3,8 +3,8 @@
 A *page record* is one row per PDF page (or one row per failed document/page). Stages read the
 columns they need and add their own; every stage passes through the columns it does not own, so a
 batch can be written at any point. Error rows travel the same stream: a row whose ``error_type`` is
-not null carries no image or vectors, downstream stages pass it through untouched, and the index
-writer sends it to the ``errors`` table.
+not null carries no vectors, downstream stages pass it through untouched, and the index writer sends
+it to the ``errors`` table.
 
 Vectors are stored as raw little-endian bytes instead of nested Arrow lists: ``embedding`` holds a
 row-major ``(n_vectors, dim)`` float16 matrix, ``binary`` a ``(n_vectors, dim // 8)`` uint8 matrix of

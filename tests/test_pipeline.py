@@ -186,8 +186,27 @@ def test_missing_input_location_fails_fast(tmp_path):
 
 
 def test_resource_plan_that_cannot_schedule_fails_instead_of_hanging(ray_cluster, sample_corpus, tmp_path):
+    existing = tmp_path / "pages" / "part-previous.parquet"
+    existing.parent.mkdir()
+    existing.write_bytes(b"previous run")
     cfg = index_cfg(
         [f"source.location={sample_corpus}", f"output.location={tmp_path}", "ray.stages.embed.concurrency=2"]
     )
     with pytest.raises(ConfigError, match="actor pools reserve"):
         run_index(cfg)
+    assert existing.read_bytes() == b"previous run"  # a rejected config leaves the old index alone
+
+
+def test_config_hash_changes_with_anything_that_changes_vectors():
+    from pipelines.pipeline import build_plan
+
+    base = build_plan(index_cfg(["source.location=/x"])).config_hash
+    changes = [
+        "pooling.pool_factor=2",
+        "model.dtype=bfloat16",
+        "rasterize.max_pixels=99999",
+        "model.name=colsmol-256m",
+    ]
+    for override in changes:
+        assert build_plan(index_cfg(["source.location=/x", override])).config_hash != base, override
+    assert build_plan(index_cfg(["source.location=/x", "ray.stages.embed.batch_size=4"])).config_hash == base

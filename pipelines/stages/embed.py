@@ -22,7 +22,8 @@ class EmbedStage(Stage):
     stage. Rows are sorted by image area before micro-batching so pages of similar size share a
     forward pass (less padding). A page whose image cannot be decoded or processed becomes an
     ``embed`` error row; a failing forward pass of a whole micro-batch is retried page by page so one
-    bad page cannot take its neighbours with it. Model-level failures (OOM, bad weights) raise.
+    bad page cannot take its neighbours with it; a page whose vectors come out empty or non-finite is a
+    ``bad_vectors`` row. Model-level failures (OOM, device, bad weights) raise.
     """
 
     name: ClassVar[str] = "embed"
@@ -73,18 +74,23 @@ class EmbedStage(Stage):
             for i, vectors in zip(chunk, self._embed_isolating(chunk, images, rows), strict=True):
                 if vectors is None:
                     continue
+                finite = bool(np.isfinite(vectors).all())
+                if vectors.shape[0] == 0 or not finite:
+                    message = f"model produced {vectors.shape[0]} vectors (all finite: {finite})"
+                    rows[i].update(error_fields(self.name, "bad_vectors", message))
+                    continue
                 rows[i]["embedding"] = vectors.astype("<f2").tobytes()
                 rows[i]["n_vectors_raw"] = rows[i]["n_vectors"] = int(vectors.shape[0])
                 rows[i]["model"] = self.model_name
         return schema.rows_to_table(rows)
 
     def _embed_isolating(self, chunk: list[int], images: dict, rows: list[dict]) -> list[np.ndarray | None]:
+        # Only ValueError is the processor refusing an image (e.g. an extreme aspect ratio); runtime
+        # errors (out of memory, device or dtype problems) are the pipeline's and must fail the run.
         try:
             return self._encoder.embed_images([images[i] for i in chunk], micro_batch_size=len(chunk))
-        except (ValueError, RuntimeError) as exc:
+        except ValueError as exc:
             if len(chunk) > 1:
                 return [self._embed_isolating([i], images, rows)[0] for i in chunk]
-            if "out of memory" in str(exc).lower():
-                raise
             rows[chunk[0]].update(error_fields(self.name, "embed_failed", f"{type(exc).__name__}: {exc}"))
             return [None]

@@ -104,7 +104,7 @@ class RasterizeStage(Stage):
         """The records of one document, ``window_pages`` pages at a time (bounded memory)."""
         try:
             data = io.read_bytes(uri, self.storage_options, max_bytes=self.max_file_bytes)
-        except ValueError as exc:
+        except io.FileTooLarge as exc:
             yield [{"source_uri": uri, **error_fields(self.name, "too_large", str(exc))}]
             return
         except OSError as exc:
@@ -253,6 +253,8 @@ class RasterizeStage(Stage):
         except PDFPopplerTimeoutError as exc:
             msg = f"pdftoppm did not finish pages {first}-{last} within {self.timeout_s}s (rasterize.timeout_s)"
             raise DocumentError("timeout", msg) from exc
+        except (MemoryError, OSError):
+            raise  # the machine's problem (memory, full disk, missing poppler), not the document's
         except Exception as exc:  # pdf2image raises bare exceptions for poppler failures
             raise DocumentError("render_failed", f"{type(exc).__name__}: {exc}") from exc
         if len(paths) != last - first + 1:
