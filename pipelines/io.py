@@ -15,16 +15,17 @@ def filesystem_for(location: str, storage_options: Mapping[str, Any] | None = No
     return fs, path
 
 
-def list_files(
+def list_inputs(
     location: str,
     suffixes: tuple[str, ...] = (".pdf",),
     glob: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
-) -> list[tuple[str, int]]:
-    """List the input files under ``location`` as ``(uri, size_bytes)``, sorted by uri.
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """List the input files under ``location``: ``([(uri, size_bytes)], [skipped_uri])``, both sorted.
 
     ``location`` may be a single file, a directory/prefix (searched recursively) or, with ``glob``,
-    a directory plus a glob pattern relative to it. Suffixes match case-insensitively; a single
+    a directory plus a glob pattern relative to it. Suffixes match case-insensitively; files that do
+    not match are returned as skipped so jobs can account for every file under the location. A single
     file named explicitly is taken whatever its suffix. URIs keep their protocol (``file://…``,
     ``s3://…``) so workers can reopen them with :func:`read_bytes`.
 
@@ -40,31 +41,10 @@ def list_files(
         raise FileNotFoundError(msg)
     elif fs.isfile(path):
         info = fs.info(path)
-        return [(fs.unstrip_protocol(path), int(info.get("size") or 0))]
+        return [(fs.unstrip_protocol(path), int(info.get("size") or 0))], []
     else:
         infos = fs.find(path, detail=True)
-    files, _ = _split_by_suffix(fs, infos, suffixes)
-    return files
-
-
-def list_inputs(
-    location: str,
-    suffixes: tuple[str, ...] = (".pdf",),
-    glob: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> tuple[list[tuple[str, int]], list[str]]:
-    """Like :func:`list_files`, but also return the URIs of files skipped for their suffix.
-
-    Jobs report the skipped ones so that every file under the location is accounted for.
-    """
-    fs, path = filesystem_for(location, storage_options)
-    if glob:
-        pattern = posixpath.join(path.rstrip("/"), glob)
-        infos = {p: fs.info(p) for p in fs.glob(pattern)}
-        return _split_by_suffix(fs, {p: i for p, i in infos.items() if i.get("type") == "file"}, suffixes)
-    if fs.exists(path) and not fs.isfile(path):
-        return _split_by_suffix(fs, fs.find(path, detail=True), suffixes)
-    return list_files(location, suffixes, glob, storage_options), []
+    return _split_by_suffix(fs, infos, suffixes)
 
 
 def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):

@@ -114,8 +114,10 @@ def execute(
     max_source_blocks: int = 1000,
     progress_bars: bool | None = None,
 ) -> dict:
-    """Run ``stages`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts."""
-    check_resources_fit(stages, resources)
+    """Run ``stages`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts.
+
+    Call :func:`check_resources_fit` first: a plan that cannot be scheduled makes Ray Data wait forever.
+    """
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
     # Per-file rows are tiny; one block per file (up to a cap) lets rasterization spread over workers.
@@ -164,5 +166,6 @@ def execute(
     # stage (and it must fit beside the actor pools, like any task stage).
     last = resources.get(stages[-1].name, StageResources()) if stages else StageResources()
     dataset.write_datasink(sink, ray_remote_args={"num_cpus": last.num_cpus})
-    logger.debug("ray data execution stats:\n%s", dataset.stats())
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("ray data execution stats:\n%s", dataset.stats())
     return sink.totals

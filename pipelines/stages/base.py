@@ -8,8 +8,8 @@ actor pool, CPUs/GPUs, batch size) is decided in :mod:`pipelines.backends.ray_da
 Lifecycle: the stage object is pickled to workers; ``setup()`` runs once per worker (actors: once
 per actor) before the first batch, and is where heavy things (models) are loaded. ``process_batch``
 must be safe to call many times. Calling a stage yields its output tables (see ``process_stream``).
-Bad *data* becomes an error row (see :func:`error_fields`); anything
-else (bugs, misconfiguration, out-of-memory) raises and fails the run loudly.
+Bad *data* becomes an error row (see :func:`error_fields`); anything else (bugs, misconfiguration,
+out-of-memory) raises and fails the run loudly.
 """
 
 from __future__ import annotations
