@@ -6,6 +6,7 @@ Layout::
     <location>/errors/part-*.parquet   one row per failed file/page (schema.ERRORS_TABLE_SCHEMA)
     <location>/config.yaml             the fully resolved config of the run that wrote it
     <location>/run_report.json         counts, timings and accounting of that run
+    <location>/vespa/<target>/         feed log and report per Vespa target (pipelines.vespa.replay)
 
 Writers produce uniquely named part files, so parallel writers never collide; a run in
 ``overwrite`` mode clears ``pages/`` and ``errors/`` before it starts.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -61,10 +62,12 @@ class IndexLocation:
     def read_report(self) -> dict:
         return json.loads(self.read_text(REPORT_FILE))
 
-    def write_block(self, block: pa.Table, model: str, config_hash: str) -> dict[str, int]:
+    def write_block(self, block: pa.Table, model: str, config_hash: str, on_pages=None) -> dict[str, int]:
         """Split a block of page records into pages and errors, write each as a new part file.
 
         Returns counts for the run report: pages written, error rows written, and vectors stored.
+        ``on_pages(pages)``, if given, is called with the pages table once it is durably written, and
+        the counts it returns are added (inline feeding uses this).
         """
         block = schema.conform(block)
         n = block.num_rows
@@ -79,11 +82,14 @@ class IndexLocation:
                 self.fs.makedirs(self.path(name), exist_ok=True)
                 with self.fs.open(self.path(name, part), "wb") as handle:
                     pq.write_table(table, handle, compression="zstd")
-        return {
+        counts = {
             "pages": pages.num_rows,
             "error_rows": errors.num_rows,
             "vectors": int(pc.sum(pages.column("n_vectors")).as_py() or 0),
         }
+        if on_pages is not None and pages.num_rows:
+            counts.update(on_pages(pages))
+        return counts
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """Read ``pages`` or ``errors`` as one table (empty table with the schema if absent)."""
@@ -98,6 +104,14 @@ class IndexLocation:
             with self.fs.open(file, "rb") as handle:
                 tables.append(pq.read_table(handle, columns=columns, schema=table_schema))
         return pa.concat_tables(tables)
+
+    def iter_page_parts(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The pages table one part file at a time (bounded memory for large indexes)."""
+        directory = self.path(PAGES_DIR)
+        files = sorted(self.fs.glob(posixpath.join(directory, "*.parquet"))) if self.fs.exists(directory) else []
+        for file in files:
+            with self.fs.open(file, "rb") as handle:
+                yield pq.read_table(handle, columns=columns, schema=schema.PAGES_TABLE_SCHEMA)
 
     def read_pages(self, columns: list[str] | None = None) -> pa.Table:
         return self.read_table(PAGES_DIR, columns)

@@ -29,6 +29,9 @@ from pipelines.stages.base import Stage
 from pipelines.stages.compress import BinarizeStage, PoolStage
 from pipelines.stages.embed import EmbedStage
 from pipelines.stages.rasterize import RasterizeStage
+from pipelines.vespa import config as vespa_config
+from pipelines.vespa import replay
+from pipelines.vespa.client import redact
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ def build_plan(cfg: DictConfig) -> IndexPlan:
                 extract_text=bool(raster.extract_text),
                 timeout_s=float(raster.timeout_s),
                 max_file_bytes=int(raster.max_file_bytes),
+                thumbnail_px=int(raster.thumbnail_px),
                 storage_options=to_plain(cfg.source.storage_options) or None,
             ),
             EmbedStage(
@@ -145,6 +149,7 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
         msg = f"output.mode must be 'overwrite' (got {cfg.output.mode!r})"
         raise ConfigError(msg)
     plan = build_plan(cfg)
+    inline_feed = _inline_feed(cfg)
     source_location = _absolute(source_location)
     output_location = _absolute(output_location)
 
@@ -172,12 +177,20 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
 
     location = index.IndexLocation(output_location, to_plain(cfg.output.storage_options))
     location.clear_tables()
-    location.write_text(index.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    location.write_text(index.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(redact(to_plain(cfg)))))
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
+    run_id = uuid.uuid4().hex
+
+    on_pages = None
+    if inline_feed is not None:
+        endpoint, doc_settings, feed_settings = inline_feed
+
+        def on_pages(pages: pa.Table) -> dict[str, int]:
+            return replay.feed_pages(location, endpoint, doc_settings, feed_settings, pages, run_id)
 
     def write_block(block: pa.Table) -> dict[str, int]:
-        return location.write_block(block, plan.settings["model"], plan.config_hash)
+        return location.write_block(block, plan.settings["model"], plan.config_hash, on_pages)
 
     if cfg.backend == "local":
         from pipelines.backends import local
@@ -194,8 +207,14 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
         )
     wall_s = time.perf_counter() - started
     summary = index.summarize(location, sources.column("source_uri").to_pylist())
+    vespa_report = None
+    if inline_feed is not None:
+        # Feed whatever the inline pass did not get acknowledged, and remove stale pages of changed documents.
+        endpoint, doc_settings, feed_settings = inline_feed
+        vespa_report = replay.replay(location, endpoint, doc_settings, feed_settings, mode="resume")
+        vespa_report["inline"] = {k: v for k, v in totals.items() if k.startswith("vespa_")}
     report = {
-        "run_id": uuid.uuid4().hex,
+        "run_id": run_id,
         "started_at": started_at.isoformat(),
         "wall_seconds": round(wall_s, 3),
         "pages_per_second": round(summary["pages_indexed"] / wall_s, 3) if wall_s > 0 else None,
@@ -211,9 +230,18 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
         "files_skipped_by_suffix": skipped,
         "suffixes": list(cfg.source.suffixes),
         "versions": _versions(),
+        "vespa": vespa_report,
     }
     location.write_text(index.REPORT_FILE, json.dumps(report, indent=2))
     return report
+
+
+def _inline_feed(cfg: DictConfig):
+    """(endpoint, document settings, feed settings) when ``vespa.inline`` is on, else None."""
+    if not OmegaConf.select(cfg, "vespa.inline", default=False):
+        return None
+    endpoint = vespa_config.endpoint(cfg).resolved()
+    return endpoint, vespa_config.settings(cfg, "documents"), vespa_config.settings(cfg, "feed")
 
 
 def _absolute(location: str) -> str:

@@ -38,12 +38,14 @@ PAGE_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("page_number", pa.int32()),  # 1-based; null for document-level errors
         pa.field("page_count", pa.int32()),
+        pa.field("title", pa.string()),  # the PDF's Title metadata, else the file name without suffix
         pa.field("width_pt", pa.float32()),
         pa.field("height_pt", pa.float32()),
         # rasterize
         pa.field("image", pa.binary()),  # PNG or JPEG bytes
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
+        pa.field("thumbnail", pa.binary()),  # small JPEG for result lists; null when disabled
         pa.field("text", pa.large_string()),  # the page's text layer, "" when it has none
         # embed (raw vectors) then pool (pooled vectors replace them)
         pa.field("n_vectors_raw", pa.int32()),
@@ -68,10 +70,12 @@ INDEX_PAGE_COLUMNS = [
     "source_uri",
     "page_number",
     "page_count",
+    "title",
     "width_pt",
     "height_pt",
     "image_width",
     "image_height",
+    "thumbnail",
     "text",
     "n_vectors_raw",
     "n_vectors",

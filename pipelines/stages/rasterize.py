@@ -9,7 +9,9 @@ than one window of images.
 
 from __future__ import annotations
 
+import io as bytes_io
 import math
+import posixpath
 import re
 import subprocess
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pdf2image import convert_from_path
 from pdf2image.exceptions import PDFPopplerTimeoutError
+from PIL import Image
 
 from pipelines import ids, io, schema
 from pipelines.stages.base import Stage, error_fields
@@ -30,6 +33,7 @@ PDF_MAGIC = b"%PDF-"
 PDF_MAGIC_WINDOW = 1024
 _PAGE_SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size:\s+([\d.]+)\s+x\s+([\d.]+)")
 _PAGE_ROT_RE = re.compile(r"^Page\s+(\d+)\s+rot:\s+(\d+)")
+_TITLE_RE = re.compile(r"^Title:\s*(.*)$")
 
 
 class DocumentError(Exception):
@@ -75,6 +79,7 @@ class RasterizeStage(Stage):
     extract_text: bool = True
     timeout_s: float = 120.0
     max_file_bytes: int = 512 * 1024 * 1024
+    thumbnail_px: int = 192  # long side of the JPEG thumbnail kept per page; 0 = none
     storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +91,9 @@ class RasterizeStage(Stage):
                 f"rasterize.max_pixels={self.max_pixels} exceeds rasterize.hard_max_pixels={self.hard_max_pixels}; "
                 "lower the budget or raise the hard cap"
             )
+            raise ValueError(msg)
+        if self.thumbnail_px < 0:
+            msg = f"rasterize.thumbnail_px must be >= 0 (0 disables thumbnails), got {self.thumbnail_px}"
             raise ValueError(msg)
         if self.window_pages < 1:
             msg = f"rasterize.window_pages must be >= 1, got {self.window_pages}"
@@ -118,11 +126,12 @@ class RasterizeStage(Stage):
                 self._check_header(data)
                 pdf_path.write_bytes(data)
                 del data
-                sizes = self._page_sizes(pdf_path)
+                sizes, title = self._page_sizes(pdf_path)
             except DocumentError as exc:
                 yield [{**base, **error_fields(self.name, exc.error_type, str(exc))}]
                 return
             base["page_count"] = len(sizes)
+            base["title"] = title or posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
             for start in range(1, len(sizes) + 1, self.window_pages):
                 stop = min(start + self.window_pages - 1, len(sizes))
                 yield self._render_window(pdf_path, Path(tmp), base, sizes, start, stop)
@@ -143,8 +152,8 @@ class RasterizeStage(Stage):
             msg = f"{args[0]} did not finish within {self.timeout_s}s (rasterize.timeout_s)"
             raise DocumentError("timeout", msg) from exc
 
-    def _page_sizes(self, pdf_path: Path) -> list[tuple[float, float]]:
-        """Per-page (width, height) in points, after the page's /Rotate is applied."""
+    def _page_sizes(self, pdf_path: Path) -> tuple[list[tuple[float, float]], str]:
+        """Per-page (width, height) in points, after the page's /Rotate is applied, and the Title metadata."""
         result = self._poppler(["pdfinfo", "-f", "1", "-l", "2147483647", str(pdf_path)])
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.returncode != 0:
@@ -154,8 +163,11 @@ class RasterizeStage(Stage):
         sizes: dict[int, tuple[float, float]] = {}
         rotations: dict[int, int] = {}
         page_count = None
+        title = ""
         for line in result.stdout.decode("utf-8", "replace").splitlines():
-            if match := _PAGE_SIZE_RE.match(line):
+            if match := _TITLE_RE.match(line):
+                title = " ".join(match[1].split())[:512]
+            elif match := _PAGE_SIZE_RE.match(line):
                 sizes[int(match[1])] = (float(match[2]), float(match[3]))
             elif match := _PAGE_ROT_RE.match(line):
                 rotations[int(match[1])] = int(match[2]) % 360
@@ -174,7 +186,7 @@ class RasterizeStage(Stage):
             if rotations.get(number, 0) in (90, 270):
                 width, height = height, width
             out.append((width, height))
-        return out
+        return out, title
 
     def _render_window(
         self, pdf_path: Path, tmp: Path, base: dict, sizes: list[tuple[float, float]], start: int, stop: int
@@ -227,6 +239,7 @@ class RasterizeStage(Stage):
                     "image": image_bytes,
                     "image_width": pixel_w,
                     "image_height": pixel_h,
+                    "thumbnail": self._thumbnail(image_bytes),
                     "text": texts[number - window_start] if number - window_start < len(texts) else "",
                 }
             )
@@ -266,6 +279,16 @@ class RasterizeStage(Stage):
             Path(path).unlink()
             out.append((data, size))
         return out
+
+    def _thumbnail(self, image_bytes: bytes) -> bytes | None:
+        if not self.thumbnail_px:
+            return None
+        with Image.open(bytes_io.BytesIO(image_bytes)) as image:
+            image = image.convert("RGB")
+            image.thumbnail((self.thumbnail_px, self.thumbnail_px), Image.Resampling.BILINEAR)
+            out = bytes_io.BytesIO()
+            image.save(out, format="JPEG", quality=70)
+        return out.getvalue()
 
     def _texts(self, pdf_path: Path, first: int, last: int) -> list[str]:
         if not self.extract_text:

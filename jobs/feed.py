@@ -1,0 +1,110 @@
+"""Feed an index to Vespa (replay/backfill), or delete a document from Vespa.
+
+    python -m jobs.feed index=/data/index vespa.endpoint.url=http://vespa:8080 [mode=full] [delete_missing=true]
+    python -m jobs.feed index=/data/index vespa.endpoint.url=http://vespa:8080 delete.doc_id=<doc_id>
+
+Exit status: 0 when every operation was acknowledged; 1 when some documents failed (listed, and
+retried by the next run); 3 when Vespa blocked the feed (507: resource limits), rerun to resume;
+2 on bad configuration or a missing index.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from jobs._common import fail, setup_logging
+from pipelines import index
+from pipelines.errors import ConfigError
+from pipelines.vespa import config, remove, replay
+from pipelines.vespa.feed import Outcome
+
+logger = logging.getLogger("jobs.feed")
+
+EXIT_FAILED = 1
+EXIT_BLOCKED = 3
+
+
+def blocked_help(report: dict) -> str:
+    return (
+        f"Vespa blocked the feed (HTTP 507: {report['blocked_message']}). Content nodes are at their disk or "
+        "memory limit: add content nodes or free space (see infra/vespa/README.md), then rerun the same "
+        f"command; it resumes with the {report['puts_remaining']} pages and {report['removes_remaining']} "
+        "removals not yet acknowledged."
+    )
+
+
+def print_report(report: dict) -> None:
+    target = report["target"]
+    print(f"target: {target['url']} schema={target['schema']} namespace={target['namespace']} auth={target['auth']}")
+    print(
+        f"pages: {report['pages_in_index']} in index, {report['pages_already_fed']} already fed, "
+        f"{report['puts_acked']}/{report['puts_planned']} put now ({report['puts_per_second']} pages/s), "
+        f"{report['puts_failed']} failed, {report['puts_remaining']} remaining"
+    )
+    print(
+        f"stale pages: {report['removes_acked']}/{report['removes_planned']} removed, "
+        f"{report['removes_failed']} failed; {report['retried_operations']} operations needed retries"
+    )
+    for failure in report["failures"][:20]:
+        print(f"  failed {failure['op']} {failure['page_id']}: HTTP {failure['status']} {failure['message'][:200]}")
+
+
+def delete_document(cfg: DictConfig) -> None:
+    endpoint = config.endpoint(cfg)
+    feed_settings = config.settings(cfg, "feed")
+    field, value = ("doc_id", cfg.delete.doc_id) if cfg.delete.doc_id else ("source_uri", cfg.delete.source_uri)
+    try:
+        removed = remove.delete_where(endpoint, field, str(value), feed_settings)
+    except remove.DeleteError as exc:
+        fail(str(exc), code=EXIT_FAILED)
+    print(f"removed {removed} pages where {field} == {value!r} from {endpoint.safe_url}")
+    # Keep the feed log in step, so a later replay knows these pages are gone.
+    location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
+    log = replay.FeedLog(location, endpoint)
+    if location.fs.exists(log.root):
+        gone = [
+            Outcome(pid, "remove", "acked", 200, 1, "selection delete", row)
+            for pid, row in log.acked_state().items()
+            if row["op"] == "put" and row[field] == value
+        ]
+        log.append(gone, run_id="delete")
+
+
+@hydra.main(config_path="../conf", config_name="feed", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    setup_logging(cfg.log_level)
+    try:
+        endpoint = config.endpoint(cfg)
+        doc_settings = config.settings(cfg, "documents")
+        feed_settings = config.settings(cfg, "feed")
+        if cfg.delete.doc_id or cfg.delete.source_uri:
+            delete_document(cfg)
+            return
+        location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
+        if not location.fs.exists(location.path(index.CONFIG_FILE)):
+            msg = f"no index at {cfg.index!r}; run jobs.index first or set index=<path>"
+            raise ConfigError(msg)
+        report = replay.replay(
+            location,
+            endpoint,
+            doc_settings,
+            feed_settings,
+            mode=str(cfg.mode),
+            delete_missing=bool(cfg.delete_missing),
+            checkpoint_every=int(cfg.checkpoint_every),
+        )
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    print_report(report)
+    if report["blocked"]:
+        fail(blocked_help(report), code=EXIT_BLOCKED)
+    if not report["complete"]:
+        fail(f"{report['failures_total']} operations failed; rerun to retry them", code=EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""The Vespa application package, defined once in code with pyvespa.
+
+One document per page (schema ``pdf_page``): binary patch vectors ``tensor<int8>(patch{}, v[16])``
+with an HNSW index over hamming distance (retrieval and first phase), optional bfloat16 float patch
+vectors on a paged attribute (exact re-ranking and evaluation), the page text and document title as
+BM25 fields, provenance attributes and a small thumbnail.
+
+Rank profiles carry the same names and the same math as the local search
+(:mod:`pipelines.search`):
+
+* ``binary``     first phase only: hamming MaxSim, ``sum_q max_p 1 / (1 + hamming(q, p))``.
+* ``two_phase``  ``binary`` then float query × ``unpack_bits`` MaxSim on the top ``rerank_count``.
+* ``hybrid``     ``two_phase`` with ``bm25_weight * (bm25(title) + bm25(text))`` added in the second phase.
+* ``float``      exact MaxSim over the bfloat16 vectors (evaluation; needs the float field fed).
+
+:func:`package_files` renders the whole package (``services.xml``, schema, and for the multi-node
+topology ``hosts.xml``) as text; :func:`write_package` and :func:`package_zip` write it to disk or a
+zip for the config server's deploy API. The files under ``infra/vespa/`` are this module's output.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vespa.configuration.services import (
+    admin,
+    cluster_controller,
+    configserver,
+    configservers,
+    container,
+    content,
+    distribution,
+    document,
+    document_api,
+    documents,
+    engine,
+    group,
+    min_redundancy,
+    node,
+    nodes,
+    persearch,
+    proton,
+    requestthreads,
+    search,
+    searchnode,
+    services,
+    slobrok,
+    slobroks,
+    tuning,
+)
+from vespa.configuration.vt import VT
+from vespa.package import (
+    HNSW,
+    ApplicationPackage,
+    Document,
+    Field,
+    FieldSet,
+    FirstPhaseRanking,
+    Function,
+    RankProfile,
+    Schema,
+    SecondPhaseRanking,
+    ServicesConfiguration,
+)
+
+from pipelines.schema import BINARY_BYTES, EMBEDDING_DIM
+
+SCHEMA_NAME = "pdf_page"
+TOPOLOGIES = ("single", "multinode")
+
+BINARY_FIELD = "embedding"
+FLOAT_FIELD = "embedding_float"
+BINARY_TENSOR = f"tensor<int8>(patch{{}}, v[{BINARY_BYTES}])"
+FLOAT_TENSOR = f"tensor<bfloat16>(patch{{}}, v[{EMBEDDING_DIM}])"
+QUERY_FLOAT_TENSOR = f"tensor<float>(querytoken{{}}, v[{EMBEDDING_DIM}])"
+QUERY_BINARY_TENSOR = f"tensor<int8>(querytoken{{}}, v[{BINARY_BYTES}])"
+QUERY_TOKEN_TENSOR = f"tensor<int8>(v[{BINARY_BYTES}])"
+
+# The rank expressions, as Vespa evaluates them. tests/vespa checks them against an independent numpy
+# evaluation and against the local search scores.
+MAX_SIM_BINARY = (
+    f"sum(reduce(1 / (1 + sum(hamming(query(qtb), attribute({BINARY_FIELD})), v)), max, patch), querytoken)"
+)
+MAX_SIM = f"sum(reduce(sum(query(qt) * unpack_bits(attribute({BINARY_FIELD})), v), max, patch), querytoken)"
+MAX_SIM_FLOAT = f"sum(reduce(sum(query(qt) * cell_cast(attribute({FLOAT_FIELD}), float), v), max, patch), querytoken)"
+BM25 = "bm25(title) + bm25(text)"
+
+
+@dataclass
+class VespaAppSettings:
+    """What shapes the application package. Hydra group ``vespa.app``."""
+
+    name: str = "pdfvisual"  # application name: lowercase letters and digits only
+    schema: str = SCHEMA_NAME
+    content_cluster: str = "pages"
+    container_cluster: str = "default"
+    # HNSW over the binary patch vectors (hamming). More links / exploration: better recall, slower feed.
+    hnsw_max_links_per_node: int = 32
+    hnsw_neighbors_to_explore_at_insert: int = 400
+    # Pages re-ranked per content node in the second phase (queries may lower it with ranking.rerankCount).
+    rerank_count: int = 100
+    # One nearestNeighbor operator (and query(rqN) input) per query token, up to this many tokens.
+    max_query_tokens: int = 64
+    hybrid_bm25_weight: float = 2.0
+    # Multi-node topology (hosts.xml + services.xml); single-node ignores these.
+    config_hosts: list[str] = field(
+        default_factory=lambda: ["cfg0.example.com", "cfg1.example.com", "cfg2.example.com"]
+    )
+    feed_container_hosts: list[str] = field(default_factory=lambda: ["feed0.example.com", "feed1.example.com"])
+    query_container_hosts: list[str] = field(default_factory=lambda: ["query0.example.com", "query1.example.com"])
+    # One list of content hosts per group; each group holds a full copy of the data.
+    content_groups: list[list[str]] = field(
+        default_factory=lambda: [
+            ["content0.example.com", "content1.example.com"],
+            ["content2.example.com", "content3.example.com"],
+        ]
+    )
+    search_threads_per_query: int = 4
+
+    def __post_init__(self) -> None:
+        if not (self.name.isascii() and self.name.isalnum() and self.name.islower()):
+            msg = f"vespa.app.name must be lowercase letters and digits (Vespa rule), got {self.name!r}"
+            raise ValueError(msg)
+        if not 1 <= self.max_query_tokens <= 256:
+            msg = f"vespa.app.max_query_tokens must be in 1..256, got {self.max_query_tokens}"
+            raise ValueError(msg)
+        if self.rerank_count < 1:
+            msg = f"vespa.app.rerank_count must be >= 1, got {self.rerank_count}"
+            raise ValueError(msg)
+        if not self.content_groups or not all(self.content_groups):
+            msg = "vespa.app.content_groups must list at least one group with at least one host"
+            raise ValueError(msg)
+
+
+def token_input(index: int) -> str:
+    """Name of the per-token query tensor that drives ``nearestNeighbor`` for query token ``index``."""
+    return f"rq{index}"
+
+
+def build_schema(settings: VespaAppSettings) -> Schema:
+    fields = [
+        Field("page_id", "string", indexing=["summary", "attribute"]),
+        Field("doc_id", "string", indexing=["summary", "attribute"], attribute=["fast-search"]),
+        Field("source_uri", "string", indexing=["summary", "attribute"], attribute=["fast-search"]),
+        Field("title", "string", indexing=["index", "summary"], index="enable-bm25"),
+        Field("text", "string", indexing=["index", "summary"], index="enable-bm25"),
+        Field("page_number", "int", indexing=["summary", "attribute"]),
+        Field("page_count", "int", indexing=["summary", "attribute"]),
+        Field("model", "string", indexing=["summary", "attribute"]),
+        Field("config_hash", "string", indexing=["summary", "attribute"]),
+        Field("thumbnail", "raw", indexing=["summary"]),
+        Field(
+            BINARY_FIELD,
+            BINARY_TENSOR,
+            indexing=["attribute", "index"],
+            ann=HNSW(
+                distance_metric="hamming",
+                max_links_per_node=settings.hnsw_max_links_per_node,
+                neighbors_to_explore_at_insert=settings.hnsw_neighbors_to_explore_at_insert,
+            ),
+        ),
+        # Paged: only the few re-ranked pages touch it per query, so it may live on disk.
+        Field(FLOAT_FIELD, FLOAT_TENSOR, indexing=["attribute"], attribute=["paged"]),
+    ]
+    schema = Schema(
+        name=settings.schema,
+        document=Document(fields=fields),
+        fieldsets=[FieldSet(name="default", fields=["title", "text"])],
+    )
+    inputs = [("query(qt)", QUERY_FLOAT_TENSOR), ("query(qtb)", QUERY_BINARY_TENSOR)]
+    inputs += [(f"query({token_input(i)})", QUERY_TOKEN_TENSOR) for i in range(settings.max_query_tokens)]
+    functions = [
+        Function(name="max_sim_binary", expression=MAX_SIM_BINARY),
+        Function(name="max_sim", expression=MAX_SIM),
+        Function(name="max_sim_float", expression=MAX_SIM_FLOAT),
+    ]
+    schema.add_rank_profile(
+        RankProfile(
+            name="binary",
+            inputs=inputs,
+            functions=functions,
+            first_phase=FirstPhaseRanking(expression="max_sim_binary"),
+            match_features=["max_sim_binary"],
+        )
+    )
+    schema.add_rank_profile(
+        RankProfile(
+            name="two_phase",
+            inherits="binary",
+            second_phase=SecondPhaseRanking(expression="max_sim", rerank_count=settings.rerank_count),
+            match_features=["max_sim_binary", "max_sim"],
+        )
+    )
+    schema.add_rank_profile(
+        RankProfile(
+            name="hybrid",
+            inherits="two_phase",
+            second_phase=SecondPhaseRanking(
+                expression=f"max_sim + {settings.hybrid_bm25_weight} * ({BM25})", rerank_count=settings.rerank_count
+            ),
+            match_features=["max_sim_binary", "max_sim", "bm25(title)", "bm25(text)"],
+        )
+    )
+    schema.add_rank_profile(
+        RankProfile(
+            name="float",
+            inherits="binary",
+            first_phase=FirstPhaseRanking(expression="max_sim_float"),
+            match_features=["max_sim_float"],
+        )
+    )
+    return schema
+
+
+def _single_node_services(settings: VespaAppSettings) -> VT:
+    return services(
+        container(document_api(), search(), id=settings.container_cluster, version="1.0"),
+        content(
+            min_redundancy("1"),
+            documents(document(type_=settings.schema, mode="index")),
+            nodes(node(hostalias="node1", distribution_key="0")),
+            id=settings.content_cluster,
+            version="1.0",
+        ),
+        version="1.0",
+    )
+
+
+def _multinode_services(settings: VespaAppSettings) -> VT:
+    config_aliases = [f"config{i}" for i in range(len(settings.config_hosts))]
+    content_groups = []
+    key = 0
+    for group_index, hosts in enumerate(settings.content_groups):
+        members = []
+        for _ in hosts:
+            members.append(node(hostalias=f"content{key}", distribution_key=str(key)))
+            key += 1
+        content_groups.append(group(*members, name=f"group{group_index}", distribution_key=str(group_index)))
+    n_groups = len(settings.content_groups)
+    return services(
+        admin(
+            configservers(*(configserver(hostalias=a) for a in config_aliases)),
+            VT("cluster_controllers", tuple(cluster_controller(hostalias=a) for a in config_aliases)),
+            slobroks(*(slobrok(hostalias=a) for a in config_aliases)),
+            version="2.0",
+        ),
+        # Feeding and queries on separate container clusters so a backfill cannot starve search.
+        container(
+            document_api(),
+            nodes(*(node(hostalias=f"feed{i}") for i in range(len(settings.feed_container_hosts)))),
+            id="feed",
+            version="1.0",
+        ),
+        container(
+            search(),
+            nodes(*(node(hostalias=f"query{i}") for i in range(len(settings.query_container_hosts)))),
+            id=settings.container_cluster,
+            version="1.0",
+        ),
+        content(
+            # One full copy per group: a group can be lost (or upgraded) and every page stays searchable.
+            min_redundancy(str(n_groups)),
+            documents(document(type_=settings.schema, mode="index")),
+            group(
+                distribution(partitions="1|" * (n_groups - 1) + "*"),
+                *content_groups,
+                name="top",
+            ),
+            engine(proton(tuning(searchnode(requestthreads(persearch(str(settings.search_threads_per_query))))))),
+            id=settings.content_cluster,
+            version="1.0",
+        ),
+        version="1.0",
+    )
+
+
+def _hosts_xml(settings: VespaAppSettings) -> str:
+    hosts = []
+    roles = [
+        ("config", settings.config_hosts),
+        ("feed", settings.feed_container_hosts),
+        ("query", settings.query_container_hosts),
+        ("content", [h for group_hosts in settings.content_groups for h in group_hosts]),
+    ]
+    for prefix, names in roles:
+        for i, name in enumerate(names):
+            hosts.append(VT("host", (VT("alias", (f"{prefix}{i}",)),), {"name": name}))
+    return '<?xml version="1.0" encoding="utf-8" ?>\n' + VT("hosts", tuple(hosts)).to_xml().strip() + "\n"
+
+
+def build_application_package(settings: VespaAppSettings, topology: str = "single") -> ApplicationPackage:
+    """The pyvespa package for ``topology`` (``single`` or ``multinode``). Raises ValueError on others."""
+    if topology not in TOPOLOGIES:
+        msg = f"topology must be one of {TOPOLOGIES}, got {topology!r}"
+        raise ValueError(msg)
+    schema = build_schema(settings)
+    services_vt = _single_node_services(settings) if topology == "single" else _multinode_services(settings)
+    return ApplicationPackage(
+        name=settings.name,
+        schema=[schema],
+        services_config=ServicesConfiguration(application_name=settings.name, services_config=services_vt),
+    )
+
+
+def package_files(settings: VespaAppSettings, topology: str = "single") -> dict[str, str]:
+    """Every file of the application package as ``{relative path: text}``."""
+    package = build_application_package(settings, topology)
+    files = {"services.xml": package.services_to_text.rstrip("\n") + "\n"}
+    for schema in package.schemas:
+        files[posixpath.join("schemas", f"{schema.name}.sd")] = schema.schema_to_text.rstrip("\n") + "\n"
+    if topology == "multinode":
+        files["hosts.xml"] = _hosts_xml(settings)
+    return files
+
+
+def write_package(settings: VespaAppSettings, root: str | Path, topology: str = "single") -> list[Path]:
+    """Write the package under ``root`` (created); returns the written paths."""
+    written = []
+    for relative, text in package_files(settings, topology).items():
+        path = Path(root) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def package_zip(settings: VespaAppSettings, topology: str = "single") -> bytes:
+    """The package as zip bytes, the body the deploy API (``prepareandactivate``) takes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for relative, text in sorted(package_files(settings, topology).items()):
+            archive.writestr(relative, text)
+    return buffer.getvalue()

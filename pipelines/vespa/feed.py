@@ -1,0 +1,203 @@
+"""Feed page documents to Vespa's ``/document/v1`` with bounded concurrency, retries and accounting.
+
+Contract of :func:`run_operations`: every operation handed in comes back as exactly one
+:class:`Outcome` whose ``state`` is
+
+* ``acked``          Vespa answered 200: the put/remove is durable in the cluster;
+* ``failed``         a non-retryable answer (e.g. 400 for a document the schema rejects), or retries
+                     exhausted; ``status``/``message`` say why;
+* ``blocked``        Vespa answered 507 (feed blocked at resource limits) for it;
+* ``not_attempted``  the feed stopped (507) before this operation was sent.
+
+429, 502, 503, 504, timeouts and dropped connections are retried with exponential backoff and full
+jitter. A 507 stops the whole feed: in-flight operations finish, nothing new is sent, and
+:attr:`FeedResult.blocked_message` carries Vespa's reason. Nothing raises for per-document problems;
+only programming errors escape.
+
+The HTTP/2 client is pyvespa's async session, with pyvespa's own retry layer switched off
+(``NO_RETRY``) so the policy above is the only one and 507/400 are seen as they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vespa.retries import NO_RETRY
+
+from pipelines.vespa.client import VespaEndpoint, scrub
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+FEED_BLOCKED_STATUS = 507
+
+
+@dataclass
+class FeedSettings:
+    """How hard to push. Hydra group ``vespa.feed``."""
+
+    max_in_flight: int = 64  # concurrent requests (HTTP/2 streams) per feeding process
+    connections: int = 1
+    request_timeout_s: float = 60.0
+    max_retries: int = 10  # per operation, for retryable answers
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # gzip bodies over 1 KiB. Off by default: pyvespa compresses at the highest level on the event-loop
+    # thread, which serializes a feed of ~100 KB pages; turn it on when bandwidth, not CPU, is scarce.
+    compress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            msg = f"vespa.feed.max_in_flight must be >= 1, got {self.max_in_flight}"
+            raise ValueError(msg)
+        if self.max_retries < 0 or self.request_timeout_s <= 0:
+            msg = "vespa.feed.max_retries must be >= 0 and vespa.feed.request_timeout_s > 0"
+            raise ValueError(msg)
+
+
+@dataclass
+class Operation:
+    """A put (``fields`` given) or remove (``fields`` None) of one document, plus accounting metadata."""
+
+    doc_id: str  # Vespa local document id (our page_id)
+    fields: dict[str, Any] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "put" if self.fields is not None else "remove"
+
+
+@dataclass
+class Outcome:
+    doc_id: str
+    kind: str
+    state: str  # acked | failed | blocked | not_attempted
+    status: int | None = None
+    attempts: int = 0
+    message: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeedResult:
+    outcomes: list[Outcome]
+    seconds: float
+    blocked_message: str | None = None
+
+    def count(self, state: str, kind: str | None = None) -> int:
+        return sum(1 for o in self.outcomes if o.state == state and (kind is None or o.kind == kind))
+
+    @property
+    def blocked(self) -> bool:
+        return self.blocked_message is not None
+
+
+def backoff_seconds(attempt: int, settings: FeedSettings) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max, initial * 2**attempt)]."""
+    return random.uniform(0, min(settings.backoff_max_s, settings.backoff_initial_s * 2**attempt))
+
+
+def _message(json_body: Any) -> str:
+    if isinstance(json_body, dict):
+        return str(json_body.get("message") or json_body.get("Exception") or json_body)[:500]
+    return str(json_body)[:500]
+
+
+async def _feed(
+    operations: Iterable[Operation], endpoint: VespaEndpoint, settings: FeedSettings, on_outcome=None
+) -> FeedResult:
+    app = endpoint.connect()
+    secrets = endpoint.secrets()
+    stop = asyncio.Event()
+    blocked: list[str] = []
+    outcomes: list[Outcome] = []
+    started = time.perf_counter()
+
+    async def send(session, op: Operation) -> Outcome:
+        attempt = 0
+        status: int | None = None
+        message = ""
+        while True:
+            if stop.is_set():
+                # Another request hit 507: do not add load; the operation stays for the resumed run.
+                state = "blocked" if attempt else "not_attempted"
+                return Outcome(op.doc_id, op.kind, state, status, attempt, message, op.meta)
+            try:
+                if op.fields is not None:
+                    response = await session.feed_data_point(
+                        schema=endpoint.schema, data_id=op.doc_id, fields=op.fields, namespace=endpoint.namespace
+                    )
+                else:
+                    response = await session.delete_data(
+                        schema=endpoint.schema, data_id=op.doc_id, namespace=endpoint.namespace
+                    )
+                status, message = response.status_code, _message(response.json)
+            except Exception as exc:  # timeouts, resets, dropped connections: all transport-level
+                status, message = None, f"{type(exc).__name__}: {exc}"
+            attempt += 1
+            message = scrub(message, secrets)
+            if status == 200:
+                return Outcome(op.doc_id, op.kind, "acked", status, attempt, "", op.meta)
+            if status == FEED_BLOCKED_STATUS:
+                if not stop.is_set():
+                    blocked.append(message)
+                    stop.set()
+                return Outcome(op.doc_id, op.kind, "blocked", status, attempt, message, op.meta)
+            retryable = status is None or status in RETRYABLE_STATUS
+            if not retryable or attempt > settings.max_retries:
+                if retryable:
+                    message = f"gave up after {attempt} attempts: {message}"
+                return Outcome(op.doc_id, op.kind, "failed", status, attempt, message, op.meta)
+            await asyncio.sleep(backoff_seconds(attempt - 1, settings))
+
+    def record(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    async with app.asyncio(
+        connections=settings.connections,
+        timeout=settings.request_timeout_s,
+        compress="auto" if settings.compress else False,
+        docv1_retry_policy=NO_RETRY,
+    ) as session:
+        pending: set[asyncio.Task] = set()
+        iterator = iter(operations)
+        for op in iterator:
+            if stop.is_set():
+                record(Outcome(op.doc_id, op.kind, "not_attempted", meta=op.meta))
+                continue
+            pending.add(asyncio.create_task(send(session, op)))
+            if len(pending) >= settings.max_in_flight:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    record(task.result())
+        if pending:
+            for task in asyncio.as_completed(pending):
+                record(await task)
+    return FeedResult(outcomes, time.perf_counter() - started, blocked[0] if blocked else None)
+
+
+def run_operations(
+    operations: Iterable[Operation], endpoint: VespaEndpoint, settings: FeedSettings, on_outcome=None
+) -> FeedResult:
+    """Send ``operations``; blocks until each has an :class:`Outcome` (see the module docstring).
+
+    ``on_outcome`` is called for each outcome as it completes (e.g. to checkpoint acks). Safe to call
+    from code that already runs an event loop (the feed then runs on its own thread).
+    """
+    coroutine = _feed(operations, endpoint, settings, on_outcome)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -1,0 +1,149 @@
+"""Search the Vespa application with query token vectors, ranked server-side.
+
+Retrieval is one ``nearestNeighbor`` operator per query token (Vespa's ``nearestNeighbor`` takes a
+tensor with exactly one indexed dimension), OR-ed together, over the binary HNSW index; the rank
+profile then scores the retrieved pages with every query token:
+
+* ``query(qt)``   ``tensor<float>(querytoken{}, v[128])`` the float query tokens;
+* ``query(qtb)``  ``tensor<int8>(querytoken{}, v[16])`` their packed sign bits;
+* ``query(rqN)``  ``tensor<int8>(v[16])`` token N's bits, the target of the N-th ``nearestNeighbor``.
+
+Query tensors go as JSON lists (hex is not accepted for every query tensor type on older Vespa).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.stages.compress import binarize
+from pipelines.vespa.app import BINARY_FIELD, token_input
+from pipelines.vespa.client import VespaEndpoint, scrub
+
+PROFILES = ("two_phase", "hybrid", "binary", "float")
+RETRIEVALS = ("nearest_neighbor", "all")
+SUMMARY_FIELDS = ("page_id", "doc_id", "source_uri", "page_number", "title", "text", "model")
+
+
+class VespaQueryError(RuntimeError):
+    """Vespa answered a query with an error (bad profile, missing input, timeout...)."""
+
+
+@dataclass
+class VespaQuerySettings:
+    """Hydra group ``vespa.query``."""
+
+    # Candidates per query token and content node from the HNSW index: the speed/recall knob.
+    target_hits: int = 100
+    explore_additional_hits: int = 300
+    # nearest_neighbor: HNSW retrieval (production). all: rank every page (exact, for evaluation).
+    retrieval: str = "nearest_neighbor"
+    # Query tokens that get a nearestNeighbor operator (must not exceed the app's max_query_tokens).
+    max_query_tokens: int = 64
+    timeout: str = "10s"
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in RETRIEVALS:
+            msg = f"vespa.query.retrieval must be one of {RETRIEVALS}, got {self.retrieval!r}"
+            raise ValueError(msg)
+        if self.target_hits < 1 or self.max_query_tokens < 1:
+            msg = "vespa.query.target_hits and vespa.query.max_query_tokens must be >= 1"
+            raise ValueError(msg)
+
+
+def build_query_body(
+    vectors: np.ndarray,
+    profile: str,
+    top_k: int,
+    settings: VespaQuerySettings,
+    schema: str,
+    rerank_count: int | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """The ``/search/`` JSON body for one query's token vectors ``(q, 128)``."""
+    if profile not in PROFILES:
+        msg = f"profile must be one of {PROFILES}, got {profile!r}"
+        raise ValueError(msg)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    bits = binarize(vectors).view(np.int8)
+    fields = ", ".join(SUMMARY_FIELDS)
+    body: dict[str, Any] = {
+        "hits": top_k,
+        "ranking.profile": profile,
+        "timeout": settings.timeout,
+        "input.query(qt)": {str(i): row.tolist() for i, row in enumerate(vectors)},
+        "input.query(qtb)": {str(i): row.tolist() for i, row in enumerate(bits)},
+    }
+    if settings.retrieval == "all":
+        where = "true"
+    else:
+        n_tokens = min(len(bits), settings.max_query_tokens)
+        operators = [
+            f"({{targetHits:{settings.target_hits}}}nearestNeighbor({BINARY_FIELD},{token_input(i)}))"
+            for i in range(n_tokens)
+        ]
+        for i in range(n_tokens):
+            body[f"input.query({token_input(i)})"] = bits[i].tolist()
+        if profile == "hybrid" and text:
+            operators.append("userQuery()")
+        where = " OR ".join(operators)
+        body["hnsw.exploreAdditionalHits"] = settings.explore_additional_hits
+    if profile == "hybrid" and text:
+        body["query"] = text
+    if rerank_count is not None:
+        body["ranking.rerankCount"] = rerank_count
+    body["yql"] = f"select {fields} from {schema} where {where}"
+    return body
+
+
+def parse_hits(response_json: dict[str, Any]) -> list[dict[str, Any]]:
+    """Hits of a ``/search/`` answer as dicts (summary fields plus ``score``), best first.
+
+    Raises :class:`VespaQueryError` when the answer carries errors.
+    """
+    root = response_json.get("root", {})
+    if root.get("errors"):
+        messages = "; ".join(f"{e.get('summary', '')}: {e.get('message', '')}" for e in root["errors"])
+        raise VespaQueryError(messages)
+    hits = []
+    for child in root.get("children", []) or []:
+        fields = child.get("fields", {})
+        if "page_id" not in fields:
+            continue
+        hits.append({**{k: fields.get(k) for k in SUMMARY_FIELDS}, "score": float(child.get("relevance", 0.0))})
+    return hits
+
+
+async def _search_all(endpoint: VespaEndpoint, bodies: list[dict[str, Any]], timeout_s: float) -> list[dict]:
+    app = endpoint.connect()
+    async with app.asyncio(connections=1, timeout=timeout_s) as session:
+        responses = [await session.query(body=body) for body in bodies]
+    out = []
+    for response in responses:
+        payload = response.json if isinstance(response.json, dict) else {}
+        if response.status_code != 200 and not payload.get("root", {}).get("errors"):
+            message = scrub(str(payload)[:500], endpoint.secrets())
+            msg = f"Vespa query failed with HTTP {response.status_code}: {message}"
+            raise VespaQueryError(msg)
+        out.append(payload)
+    return out
+
+
+def search(
+    endpoint: VespaEndpoint,
+    queries: list[tuple[np.ndarray, str | None]],
+    profile: str,
+    top_k: int,
+    settings: VespaQuerySettings,
+    rerank_count: int | None = None,
+    timeout_s: float = 30.0,
+) -> list[list[dict[str, Any]]]:
+    """Hits for each ``(vectors, text)`` query, in order. Raises :class:`VespaQueryError`."""
+    bodies = [
+        build_query_body(vectors, profile, top_k, settings, endpoint.schema, rerank_count, text)
+        for vectors, text in queries
+    ]
+    return [parse_hits(payload) for payload in asyncio.run(_search_all(endpoint, bodies, timeout_s))]

@@ -1,0 +1,292 @@
+"""Feed an index to a Vespa target exactly once, resumably, and keep Vespa in step with the index.
+
+The feed log (``<index>/vespa/<target key>/log/part-*.parquet``) records every final outcome per
+document: which page was put or removed, with which config hash, and whether Vespa acknowledged it.
+A page counts as fed only once a ``put`` of it with the index's current config hash was acked.
+
+:func:`replay` reconciles the target with the index:
+
+* ``resume`` (default): put pages not yet acked for this config (new, changed or previously failed
+  pages, or the remainder of a feed stopped by a 507); ``full``: put every page again (a rebuilt
+  cluster, a schema change). Puts overwrite: document ids are the deterministic page ids.
+* Pages acked earlier that are no longer in the index are removed when their source URI is still in
+  the index (the document changed, so its old pages are stale), or for any source when
+  ``delete_missing`` is set (documents deleted from the source).
+
+Outcomes are appended to the log every ``checkpoint_every`` operations, so a killed replay loses at
+most that many acks (those pages are simply put again next time).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.index import IndexLocation
+from pipelines.vespa import documents
+from pipelines.vespa.client import VespaEndpoint
+from pipelines.vespa.feed import FeedResult, FeedSettings, Operation, Outcome, run_operations
+
+logger = logging.getLogger(__name__)
+
+MODES = ("resume", "full")
+LOG_SCHEMA = pa.schema(
+    [
+        pa.field("page_id", pa.string()),
+        pa.field("doc_id", pa.string()),
+        pa.field("source_uri", pa.string()),
+        pa.field("config_hash", pa.string()),
+        pa.field("op", pa.string()),  # put | remove
+        pa.field("state", pa.string()),  # acked | failed | blocked | not_attempted
+        pa.field("status", pa.int32()),
+        pa.field("attempts", pa.int32()),
+        pa.field("message", pa.large_string()),
+        pa.field("at", pa.timestamp("us", tz="UTC")),
+        pa.field("run_id", pa.string()),
+    ]
+)
+META_COLUMNS = ["page_id", "doc_id", "source_uri", "config_hash"]
+
+
+class FeedLog:
+    """Append-only log of feed outcomes for one (index, Vespa target) pair."""
+
+    def __init__(self, location: IndexLocation, endpoint: VespaEndpoint):
+        self.location = location
+        self.root = location.path("vespa", endpoint.target_key())
+        self.endpoint = endpoint
+
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def append(self, outcomes: list[Outcome], run_id: str) -> None:
+        if not outcomes:
+            return
+        now = dt.datetime.now(dt.UTC)
+        table = pa.table(
+            {
+                "page_id": [o.doc_id for o in outcomes],
+                "doc_id": [o.meta.get("doc_id") for o in outcomes],
+                "source_uri": [o.meta.get("source_uri") for o in outcomes],
+                "config_hash": [o.meta.get("config_hash") for o in outcomes],
+                "op": [o.kind for o in outcomes],
+                "state": [o.state for o in outcomes],
+                "status": [o.status for o in outcomes],
+                "attempts": [o.attempts for o in outcomes],
+                "message": [o.message for o in outcomes],
+                "at": [now] * len(outcomes),
+                "run_id": [run_id] * len(outcomes),
+            },
+            schema=LOG_SCHEMA,
+        )
+        fs = self.location.fs
+        fs.makedirs(self._path("log"), exist_ok=True)
+        # Sortable names: the log's order is the order outcomes were appended.
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        with fs.open(self._path("log", name), "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+
+    def read(self) -> pa.Table:
+        fs = self.location.fs
+        directory = self._path("log")
+        files = sorted(fs.glob(posixpath.join(directory, "*.parquet"))) if fs.exists(directory) else []
+        tables = []
+        for file in files:
+            with fs.open(file, "rb") as handle:
+                tables.append(pq.read_table(handle, schema=LOG_SCHEMA))
+        return pa.concat_tables(tables) if tables else LOG_SCHEMA.empty_table()
+
+    def acked_state(self) -> dict[str, dict[str, Any]]:
+        """Per page id, its last acknowledged operation (``op``, ``doc_id``, ``source_uri``, ``config_hash``)."""
+        log = self.read()
+        acked = log.filter(pc.equal(log.column("state"), "acked")).select(["page_id", *META_COLUMNS[1:], "op"])
+        state: dict[str, dict[str, Any]] = {}
+        for row in acked.to_pylist():  # file order is append order, so later rows win
+            state[row["page_id"]] = row
+        return state
+
+    def fed_pages(self) -> dict[str, str]:
+        """page_id -> config hash of every page whose last acked operation is a put."""
+        return {pid: row["config_hash"] for pid, row in self.acked_state().items() if row["op"] == "put"}
+
+    def write_json(self, name: str, payload: dict) -> None:
+        fs = self.location.fs
+        fs.makedirs(self.root, exist_ok=True)
+        with fs.open(self._path(name), "w") as handle:
+            handle.write(json.dumps(payload, indent=2, default=str))
+
+    def read_json(self, name: str) -> dict:
+        with self.location.fs.open(self._path(name), "r") as handle:
+            return json.loads(handle.read())
+
+
+class _Checkpointer:
+    """Collects outcomes and appends them to the log in chunks."""
+
+    def __init__(self, log: FeedLog, run_id: str, every: int):
+        self.log, self.run_id, self.every = log, run_id, max(1, every)
+        self.buffer: list[Outcome] = []
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.buffer.append(outcome)
+        if len(self.buffer) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        self.log.append(self.buffer, self.run_id)
+        self.buffer = []
+
+
+def page_operations(pages: pa.Table, settings: documents.DocumentSettings) -> Iterator[Operation]:
+    """Put operations for the rows of an index ``pages`` table."""
+    for doc in documents.iter_documents(pages, settings):
+        fields = doc["fields"]
+        meta = {key: fields[key] for key in ("doc_id", "source_uri", "config_hash")}
+        yield Operation(doc["id"], fields, meta)
+
+
+def plan(
+    pages_meta: pa.Table, fed: dict[str, dict[str, Any]], mode: str, delete_missing: bool
+) -> tuple[set[str], list[Operation]]:
+    """(page ids to put, remove operations) that bring the target in line with the index."""
+    page_ids = pages_meta.column("page_id").to_pylist()
+    hashes = pages_meta.column("config_hash").to_pylist()
+    if mode == "full":
+        to_put = set(page_ids)
+    else:
+        to_put = {
+            pid
+            for pid, config in zip(page_ids, hashes, strict=True)
+            if fed.get(pid, {}).get("op") != "put" or fed[pid]["config_hash"] != config
+        }
+    in_index = set(page_ids)
+    sources = set(pages_meta.column("source_uri").to_pylist())
+    removes = []
+    for pid, row in sorted(fed.items()):
+        if row["op"] != "put" or pid in in_index:
+            continue
+        if row["source_uri"] in sources or delete_missing:
+            removes.append(Operation(pid, None, {k: row[k] for k in ("doc_id", "source_uri", "config_hash")}))
+    return to_put, removes
+
+
+def replay(
+    location: IndexLocation,
+    endpoint: VespaEndpoint,
+    doc_settings: documents.DocumentSettings,
+    feed_settings: FeedSettings,
+    mode: str = "resume",
+    delete_missing: bool = False,
+    checkpoint_every: int = 500,
+) -> dict[str, Any]:
+    """Bring ``endpoint`` in line with the index at ``location``; returns (and stores) the feed report.
+
+    Never raises for per-document failures or a blocked feed: the report says what happened
+    (``failed``, ``blocked``), and the log lets the next call resume.
+    """
+    if mode not in MODES:
+        msg = f"feed mode must be one of {MODES}, got {mode!r}"
+        raise ValueError(msg)
+    run_id = uuid.uuid4().hex
+    log = FeedLog(location, endpoint)
+    log.write_json("target.json", endpoint.describe())
+    pages_meta = location.read_pages(META_COLUMNS)
+    fed = log.acked_state()
+    to_put, removes = plan(pages_meta, fed, mode, delete_missing)
+    logger.info(
+        "feeding %s: %d pages in index, %d to put, %d stale to remove (mode=%s)",
+        endpoint.safe_url,
+        pages_meta.num_rows,
+        len(to_put),
+        len(removes),
+        mode,
+    )
+    checkpoint = _Checkpointer(log, run_id, checkpoint_every)
+
+    def operations() -> Iterator[Operation]:
+        # Puts first, then removes: a changed document's new pages are searchable before its old ones go.
+        wanted = pa.array(sorted(to_put), pa.string())
+        sent: set[str] = set()  # identical files at two paths share page ids: send each page once
+        for part in location.iter_page_parts(documents.FEED_COLUMNS):
+            part = part.filter(pc.is_in(part.column("page_id"), value_set=wanted))
+            for op in page_operations(part, doc_settings) if part.num_rows else ():
+                if op.doc_id not in sent:
+                    sent.add(op.doc_id)
+                    yield op
+        yield from removes
+
+    try:
+        result = run_operations(operations(), endpoint, feed_settings, on_outcome=checkpoint)
+    finally:
+        checkpoint.flush()
+    report = feed_report(result, endpoint, mode, pages_meta.num_rows, pages_meta.num_rows - len(to_put), run_id)
+    log.write_json("feed_report.json", report)
+    return report
+
+
+def feed_report(
+    result: FeedResult, endpoint: VespaEndpoint, mode: str, pages_in_index: int, already_fed: int, run_id: str
+) -> dict[str, Any]:
+    puts = [o for o in result.outcomes if o.kind == "put"]
+    removes = [o for o in result.outcomes if o.kind == "remove"]
+    acked_puts = sum(1 for o in puts if o.state == "acked")
+    failures = [
+        {"page_id": o.doc_id, "op": o.kind, "status": o.status, "attempts": o.attempts, "message": o.message}
+        for o in result.outcomes
+        if o.state == "failed"
+    ]
+    return {
+        "run_id": run_id,
+        "target": endpoint.describe(),
+        "mode": mode,
+        "pages_in_index": pages_in_index,
+        "pages_already_fed": already_fed,
+        "puts_planned": len(puts),
+        "puts_acked": acked_puts,
+        "puts_failed": sum(1 for o in puts if o.state == "failed"),
+        "puts_remaining": sum(1 for o in puts if o.state in ("blocked", "not_attempted")),
+        "removes_planned": len(removes),
+        "removes_acked": sum(1 for o in removes if o.state == "acked"),
+        "removes_failed": sum(1 for o in removes if o.state == "failed"),
+        "removes_remaining": sum(1 for o in removes if o.state in ("blocked", "not_attempted")),
+        "retried_operations": sum(1 for o in result.outcomes if o.attempts > 1),
+        "blocked": result.blocked,
+        "blocked_message": result.blocked_message,
+        "seconds": round(result.seconds, 3),
+        "puts_per_second": round(acked_puts / result.seconds, 2) if result.seconds > 0 else None,
+        "complete": all(o.state == "acked" for o in result.outcomes),
+        "failures": failures[:100],
+        "failures_total": len(failures),
+    }
+
+
+def feed_pages(
+    location: IndexLocation,
+    endpoint: VespaEndpoint,
+    doc_settings: documents.DocumentSettings,
+    feed_settings: FeedSettings,
+    pages: pa.Table,
+    run_id: str,
+) -> dict[str, int]:
+    """Inline feeding: put one written block of pages, log the outcomes; returns counts for the run report."""
+    log = FeedLog(location, endpoint)
+    checkpoint = _Checkpointer(log, run_id, every=len(pages) or 1)
+    try:
+        result = run_operations(page_operations(pages, doc_settings), endpoint, feed_settings, on_outcome=checkpoint)
+    finally:
+        checkpoint.flush()
+    return {
+        "vespa_acked": result.count("acked"),
+        "vespa_failed": result.count("failed"),
+        "vespa_not_fed": result.count("blocked") + result.count("not_attempted"),
+    }
