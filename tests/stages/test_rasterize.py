@@ -114,3 +114,22 @@ def test_missing_file_is_a_read_error(tmp_path):
 def test_budget_above_hard_cap_is_a_config_error():
     with pytest.raises(ValueError, match="hard_max_pixels"):
         RasterizeStage(max_pixels=5_000_000, hard_max_pixels=4_000_000)
+
+
+def test_title_comes_from_metadata_or_the_file_name_and_thumbnails_are_small_jpegs(shared_corpus):
+    titled = RasterizeStage(max_pixels=BUDGET).rasterize_document(
+        (shared_corpus / "011-google-doc-document_google-doc-document.pdf").as_uri()
+    )
+    assert {r["title"] for r in titled} == {"PDF Example Document"}
+    untitled = RasterizeStage(max_pixels=BUDGET, thumbnail_px=96).rasterize_document(
+        (shared_corpus / "004-pdflatex-4-pages_pdflatex-4-pages.pdf").as_uri()
+    )
+    assert untitled[0]["title"] == "004-pdflatex-4-pages_pdflatex-4-pages"
+    thumbnail = Image.open(io.BytesIO(untitled[0]["thumbnail"]))
+    page = Image.open(io.BytesIO(untitled[0]["image"]))
+    assert thumbnail.format == "JPEG" and max(thumbnail.size) == 96
+    assert abs(thumbnail.width / thumbnail.height - page.width / page.height) < 0.03
+    none = RasterizeStage(max_pixels=BUDGET, thumbnail_px=0).rasterize_document(
+        (shared_corpus / "004-pdflatex-4-pages_pdflatex-4-pages.pdf").as_uri()
+    )
+    assert none[0].get("thumbnail") is None
