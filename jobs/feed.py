@@ -33,7 +33,7 @@ def blocked_help(report: dict) -> str:
         f"Vespa blocked the feed (HTTP 507: {report['blocked_message']}). Content nodes are at their disk or "
         "memory limit: add content nodes or free space (see infra/vespa/README.md), then rerun the same "
         f"command; it resumes with the {report['puts_remaining']} pages and {report['removes_remaining']} "
-        "removals not yet acknowledged."
+        "removals not yet acknowledged (python -m jobs.feed index=<index> resumes an inline feed too)."
     )
 
 
@@ -62,12 +62,12 @@ def delete_document(cfg: DictConfig) -> None:
     except remove.DeleteError as exc:
         fail(str(exc), code=EXIT_FAILED)
     print(f"removed {removed} pages where {field} == {value!r} from {endpoint.safe_url}")
-    # Keep the feed log in step, so a later replay knows these pages are gone.
+    # Keep the feed log in step: a resumed replay must not put these pages back (mode=full does).
     location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
     log = replay.FeedLog(location, endpoint)
     if location.fs.exists(log.root):
         gone = [
-            Outcome(pid, "remove", "acked", 200, 1, "selection delete", row)
+            Outcome(pid, "delete", "acked", 200, 1, f"deleted on request: {field} == {value!r}", row)
             for pid, row in log.acked_state().items()
             if row["op"] == "put" and row[field] == value
         ]

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vespa.application import Vespa
@@ -21,7 +21,8 @@ from vespa.application import Vespa
 from pipelines.vespa.app import SCHEMA_NAME
 
 REDACTED = "***"
-SECRET_KEYS = ("token", "password", "secret", "key_content", "cert_content")
+SECRET_PARTS = {"token", "password", "passwd", "secret", "credentials"}
+SECRET_NAMES = {"key", "key_content", "cert_content", "connection_string", "sas_token"}
 
 
 @dataclass
@@ -32,12 +33,15 @@ class VespaEndpoint:
     schema: str = SCHEMA_NAME
     namespace: str = SCHEMA_NAME
     content_cluster: str = "pages"  # needed by selection deletes (document/v1 'cluster' parameter)
-    token: str | None = None  # prefer token_env: config files end up in reports and shell history
+    # prefer token_env: config files end up in reports and shell history
+    token: str | None = field(default=None, repr=False)
     token_env: str = "VESPA_CLOUD_SECRET_TOKEN"
     cert: str | None = None  # mTLS client certificate (PEM file)
     key: str | None = None  # mTLS client key (PEM file)
     cert_env: str = "VESPA_CLIENT_CERT"  # env var holding a PEM path or PEM text
     key_env: str = "VESPA_CLIENT_KEY"
+    cert_content: str | None = field(default=None, repr=False)  # PEM text (set by resolved())
+    key_content: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -63,8 +67,10 @@ class VespaEndpoint:
     def _token(self) -> str | None:
         return self.token or (os.environ.get(self.token_env) if self.token_env else None) or None
 
-    def _pem(self, path: str | None, env: str) -> tuple[str | None, str | None]:
+    def _pem(self, path: str | None, env: str, content: str | None = None) -> tuple[str | None, str | None]:
         """(file path, PEM content) of a cert or key from config or environment."""
+        if content:
+            return None, content
         if path:
             return path, None
         value = os.environ.get(env) if env else None
@@ -76,7 +82,7 @@ class VespaEndpoint:
     def auth_method(self) -> str:
         if self._token():
             return "token"
-        cert_path, cert_content = self._pem(self.cert, self.cert_env)
+        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
         return "mtls" if cert_path or cert_content else "none"
 
     def connect(self) -> Vespa:
@@ -87,17 +93,19 @@ class VespaEndpoint:
         token = self._token()
         if token:
             return Vespa(url=str(self.url).rstrip("/"), vespa_cloud_secret_token=token)
-        cert_path, cert_content = self._pem(self.cert, self.cert_env)
-        key_path, key_content = self._pem(self.key, self.key_env)
+        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
+        key_path, key_content = self._pem(self.key, self.key_env, self.key_content)
         if cert_content:
             return Vespa(url=str(self.url).rstrip("/"), cert_content=cert_content, key_content=key_content)
         return Vespa(url=str(self.url).rstrip("/"), cert=cert_path, key=key_path)
 
     def resolved(self) -> VespaEndpoint:
         """Copy with credentials read from the environment now (for code that runs on other machines)."""
-        cert_path, _ = self._pem(self.cert, self.cert_env)
-        key_path, _ = self._pem(self.key, self.key_env)
-        return dataclasses.replace(self, token=self._token(), cert=cert_path, key=key_path)
+        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
+        key_path, key_content = self._pem(self.key, self.key_env, self.key_content)
+        return dataclasses.replace(
+            self, token=self._token(), cert=cert_path, key=key_path, cert_content=cert_content, key_content=key_content
+        )
 
     def describe(self) -> dict[str, str]:
         """Loggable description: URL without credentials, schema, namespace, auth method."""
@@ -118,19 +126,25 @@ class VespaEndpoint:
     def secrets(self) -> list[str]:
         """Secret values in play (token, PEM key text), for scrubbing text before it is logged."""
         values = [self._token()]
-        values.append(self._pem(self.key, self.key_env)[1])
+        values.append(self._pem(self.key, self.key_env, self.key_content)[1])
         return [v for v in values if v]
 
 
+def _is_secret_key(key: str) -> bool:
+    name = str(key).lower()
+    if name.endswith("_env"):  # names an environment variable, not a value
+        return False
+    parts = set(name.replace("-", "_").split("_"))
+    return bool(parts & SECRET_PARTS) or name in SECRET_NAMES or name.endswith("_key")
+
+
 def redact(value: Any) -> Any:
-    """Copy of a config container with secret-looking keys replaced by ``***``."""
+    """Copy of a config container with secret-looking keys (tokens, passwords, keys) replaced by ``***``."""
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            name = str(key).lower()
-            secret = any(name == marker or name.endswith(f"_{marker}") for marker in SECRET_KEYS)
-            out[key] = REDACTED if secret and item not in (None, "") else redact(item)
-        return out
+        return {
+            key: REDACTED if _is_secret_key(key) and item not in (None, "") else redact(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [redact(item) for item in value]
     return value

@@ -1,13 +1,16 @@
 """Feed page documents to Vespa's ``/document/v1`` with bounded concurrency, retries and accounting.
 
-Contract of :func:`run_operations`: every operation handed in comes back as exactly one
+Contract of :func:`run_operations`: every operation it sends comes back as exactly one
 :class:`Outcome` whose ``state`` is
 
 * ``acked``          Vespa answered 200: the put/remove is durable in the cluster;
 * ``failed``         a non-retryable answer (e.g. 400 for a document the schema rejects), or retries
                      exhausted; ``status``/``message`` say why;
 * ``blocked``        Vespa answered 507 (feed blocked at resource limits) for it;
-* ``not_attempted``  the feed stopped (507) before this operation was sent.
+* ``not_attempted``  the feed stopped (507) before this already-queued operation was sent.
+
+After a 507 the iterator is not consumed further, so operations never pulled have no outcome: the
+caller knows what it planned and counts the difference as remaining.
 
 429, 502, 503, 504, timeouts and dropped connections are retried with exponential backoff and full
 jitter. A 507 stops the whole feed: in-flight operations finish, nothing new is sent, and
@@ -173,8 +176,7 @@ async def _feed(
         iterator = iter(operations)
         for op in iterator:
             if stop.is_set():
-                record(Outcome(op.doc_id, op.kind, "not_attempted", meta=op.meta))
-                continue
+                break  # blocked: later operations are never built; callers count them as remaining
             pending.add(asyncio.create_task(send(session, op)))
             if len(pending) >= settings.max_in_flight:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -189,7 +191,7 @@ async def _feed(
 def run_operations(
     operations: Iterable[Operation], endpoint: VespaEndpoint, settings: FeedSettings, on_outcome=None
 ) -> FeedResult:
-    """Send ``operations``; blocks until each has an :class:`Outcome` (see the module docstring).
+    """Send ``operations``; blocks until each sent one has an :class:`Outcome` (see the module docstring).
 
     ``on_outcome`` is called for each outcome as it completes (e.g. to checkpoint acks). Safe to call
     from code that already runs an event loop (the feed then runs on its own thread).

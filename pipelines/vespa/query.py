@@ -82,7 +82,8 @@ def build_query_body(
     else:
         n_tokens = min(len(bits), settings.max_query_tokens)
         operators = [
-            f"({{targetHits:{settings.target_hits}}}nearestNeighbor({BINARY_FIELD},{token_input(i)}))"
+            f"({{targetHits:{settings.target_hits},hnsw.exploreAdditionalHits:{settings.explore_additional_hits}}}"
+            f"nearestNeighbor({BINARY_FIELD},{token_input(i)}))"
             for i in range(n_tokens)
         ]
         for i in range(n_tokens):
@@ -90,7 +91,6 @@ def build_query_body(
         if profile == "hybrid" and text:
             operators.append("userQuery()")
         where = " OR ".join(operators)
-        body["hnsw.exploreAdditionalHits"] = settings.explore_additional_hits
     if profile == "hybrid" and text:
         body["query"] = text
     if rerank_count is not None:

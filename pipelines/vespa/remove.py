@@ -39,7 +39,9 @@ def selection(schema: str, field: str, value: str) -> str:
 async def _delete_where(endpoint: VespaEndpoint, expression: str, settings: FeedSettings) -> int:
     app = endpoint.connect()
     url = f"{app.end_point}/document/v1/{endpoint.namespace}/{endpoint.schema}/docid"
-    params = {"selection": expression, "cluster": endpoint.content_cluster}
+    # Answer (with a continuation) well before the client's timeout, so long visits never look like hangs.
+    time_chunk = max(1, int(settings.request_timeout_s / 3))
+    params = {"selection": expression, "cluster": endpoint.content_cluster, "timeChunk": f"{time_chunk}s"}
     removed = 0
     async with app.asyncio(connections=1, timeout=settings.request_timeout_s, docv1_retry_policy=NO_RETRY) as session:
         attempt = 0

@@ -46,7 +46,7 @@ LOG_SCHEMA = pa.schema(
         pa.field("doc_id", pa.string()),
         pa.field("source_uri", pa.string()),
         pa.field("config_hash", pa.string()),
-        pa.field("op", pa.string()),  # put | remove
+        pa.field("op", pa.string()),  # put | remove | delete (removed on request: not re-put on resume)
         pa.field("state", pa.string()),  # acked | failed | blocked | not_attempted
         pa.field("status", pa.int32()),
         pa.field("attempts", pa.int32()),
@@ -158,17 +158,25 @@ def page_operations(pages: pa.Table, settings: documents.DocumentSettings) -> It
 def plan(
     pages_meta: pa.Table, fed: dict[str, dict[str, Any]], mode: str, delete_missing: bool
 ) -> tuple[set[str], list[Operation]]:
-    """(page ids to put, remove operations) that bring the target in line with the index."""
+    """(page ids to put, remove operations) that bring the target in line with the index.
+
+    A page is put when it was never acked, was fed with another config hash, or was fed under a
+    source URI the index no longer has for it (a moved file). Pages deleted on request stay deleted.
+    """
     page_ids = pages_meta.column("page_id").to_pylist()
     hashes = pages_meta.column("config_hash").to_pylist()
-    if mode == "full":
-        to_put = set(page_ids)
-    else:
-        to_put = {
-            pid
-            for pid, config in zip(page_ids, hashes, strict=True)
-            if fed.get(pid, {}).get("op") != "put" or fed[pid]["config_hash"] != config
-        }
+    uris: dict[str, set[str]] = {}
+    for pid, uri in zip(page_ids, pages_meta.column("source_uri").to_pylist(), strict=True):
+        uris.setdefault(pid, set()).add(uri)
+    to_put = set()
+    for pid, config in zip(page_ids, hashes, strict=True):
+        last = fed.get(pid, {})
+        if mode == "full":
+            to_put.add(pid)
+        elif last.get("op") == "delete":
+            continue  # deleted on request (jobs.feed delete.*): stays deleted until mode=full
+        elif last.get("op") != "put" or last["config_hash"] != config or last["source_uri"] not in uris[pid]:
+            to_put.add(pid)
     in_index = set(page_ids)
     sources = set(pages_meta.column("source_uri").to_pylist())
     removes = []
@@ -229,7 +237,12 @@ def replay(
         result = run_operations(operations(), endpoint, feed_settings, on_outcome=checkpoint)
     finally:
         checkpoint.flush()
-    report = feed_report(result, endpoint, mode, pages_meta.num_rows, pages_meta.num_rows - len(to_put), run_id)
+    unique_pages = len(set(pages_meta.column("page_id").to_pylist()))
+    report = feed_report(result, endpoint, mode, unique_pages, unique_pages - len(to_put), run_id)
+    # Operations never sent (the feed stopped on a 507) have no outcome: count them from the plan.
+    report["puts_remaining"] = len(to_put) - report["puts_acked"] - report["puts_failed"]
+    report["removes_remaining"] = len(removes) - report["removes_acked"] - report["removes_failed"]
+    report["puts_planned"], report["removes_planned"] = len(to_put), len(removes)
     log.write_json("feed_report.json", report)
     return report
 
@@ -285,8 +298,5 @@ def feed_pages(
         result = run_operations(page_operations(pages, doc_settings), endpoint, feed_settings, on_outcome=checkpoint)
     finally:
         checkpoint.flush()
-    return {
-        "vespa_acked": result.count("acked"),
-        "vespa_failed": result.count("failed"),
-        "vespa_not_fed": result.count("blocked") + result.count("not_attempted"),
-    }
+    acked, failed = result.count("acked"), result.count("failed")
+    return {"vespa_acked": acked, "vespa_failed": failed, "vespa_not_fed": pages.num_rows - acked - failed}

@@ -85,7 +85,7 @@ def max_sim_float(qt: dict[str, list[float]], embedding_float: dict[str, list[fl
     return total
 
 
-_NN = re.compile(r"\{targetHits:(\d+)\}nearestNeighbor\(embedding,(rq\d+)\)")
+_NN = re.compile(r"\{targetHits:(\d+)[^}]*\}nearestNeighbor\(embedding,(rq\d+)\)")
 
 
 def search_handler(documents: dict[str, dict], rerank_count_default: int = 100):

@@ -7,12 +7,13 @@ import threading
 
 import pytest
 
+from pipelines import schema
 from pipelines.index import IndexLocation
 from pipelines.vespa import replay
 from pipelines.vespa.client import VespaEndpoint, redact
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
-from tests.vespa.conftest import run_job, vespa_id, write_index
+from tests.vespa.conftest import doc_rows, run_job, vespa_id, write_index
 from tests.vespa.fake_vespa import Drop, Hang, Reset, Status
 
 FAST = FeedSettings(max_in_flight=8, request_timeout_s=1.0, backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -169,8 +170,21 @@ def test_delete_by_document_uses_a_selection_delete_across_continuations(tmp_pat
     assert not any(d.startswith(vespa_id(doc_id)) for d in fake.documents) and len(fake.documents) == 33
     deletes = [r for r in fake.requests if r.method == "DELETE"]
     assert len(deletes) >= 3 and all(r.params["cluster"] == "pages" for r in deletes)
-    # The feed log knows: a resume puts the document back, since the index still holds it.
-    assert feed(tmp_path, fake)["puts_acked"] == 3
+    # The feed log knows: a resume leaves the document deleted; only mode=full puts it back.
+    assert feed(tmp_path, fake)["puts_planned"] == 0 and len(fake.documents) == 33
+    assert feed(tmp_path, fake, mode="full")["puts_acked"] == 36 and len(fake.documents) == 36
+
+
+def test_moved_file_is_re_put_under_its_new_source_uri(tmp_path, fake):
+    page_ids = write_index(tmp_path, {"/data/old/a.pdf": (2, 0)})
+    feed(tmp_path, fake)
+    location = IndexLocation(str(tmp_path))
+    location.clear_tables()
+    rows = [{**r, "source_uri": "/data/new/a.pdf"} for r in doc_rows("/data/old/a.pdf", 2, 0)]
+    location.write_block(schema.rows_to_table(rows), "tiny", "cfg1")
+    report = feed(tmp_path, fake)
+    assert report["puts_acked"] == 2 and report["removes_planned"] == 0
+    assert {fake.documents[vespa_id(p)]["source_uri"] for p in page_ids} == {"/data/new/a.pdf"}
 
 
 def test_token_is_sent_but_never_logged_or_stored(tmp_path, fake):
@@ -203,6 +217,9 @@ def test_redact_hides_secret_values_but_keeps_their_env_names():
     out = redact(cfg)
     assert out["vespa"]["endpoint"] == {"token": "***", "token_env": "VESPA_CLOUD_SECRET_TOKEN", "url": "http://x"}
     assert out["vespa"]["app"]["max_query_tokens"] == 64
+    storage = redact({"aws_secret_access_key": "s", "account_key": "k", "key_env": "K", "anon": False})
+    assert storage == {"aws_secret_access_key": "***", "account_key": "***", "key_env": "K", "anon": False}
+    assert "abc" not in repr(VespaEndpoint(url="http://x:8080", token="abc").resolved())
 
 
 def test_bad_endpoint_config_fails_fast(tmp_path):

@@ -131,7 +131,7 @@ def test_query_body_has_one_nearest_neighbor_per_token_up_to_the_limit():
     q = np.random.default_rng(1).normal(size=(70, 128)).astype(np.float32)
     body = query.build_query_body(q, "two_phase", 3, query.VespaQuerySettings(target_hits=20), "pdf_page")
     assert body["yql"].count("nearestNeighbor(embedding,rq") == 64
-    assert "({targetHits:20}nearestNeighbor(embedding,rq63))" in body["yql"]
+    assert "({targetHits:20,hnsw.exploreAdditionalHits:300}nearestNeighbor(embedding,rq63))" in body["yql"]
     assert "input.query(rq64)" not in body and len(body["input.query(qt)"]) == 70
     assert body["input.query(rq5)"] == binarize(q[5:6]).view(np.int8)[0].tolist()
     assert body["ranking.profile"] == "two_phase" and body["hits"] == 3

@@ -89,3 +89,12 @@ def test_search_through_vespa_matches_local_search(fed, sample_corpus):
     assert len(bodies) == 3
     body = json.loads(bodies[0])
     assert body["ranking.profile"] == "two_phase" and "nearestNeighbor(embedding,rq0)" in body["yql"]
+
+
+def test_index_job_summary_reports_the_feed(fed, capsys):
+    from jobs.index import print_summary
+
+    _, _, report = fed
+    print_summary(report)
+    out = capsys.readouterr().out
+    assert "19 pages fed inline, 0 more at the end, 0 stale pages removed, 0 failed, 0 remaining" in out
