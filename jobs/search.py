@@ -45,6 +45,20 @@ def snippet(text: str | None, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def result_row(cfg: DictConfig, query: str, rank: int, score: float, page: dict) -> dict:
+    """One output row, the same for local and Vespa hits (``page`` has the page's summary fields)."""
+    return {
+        "query": query,
+        "rank": rank,
+        "score": round(score, 4),
+        "page_id": page["page_id"],
+        "source_uri": page["source_uri"],
+        "page_number": page["page_number"],
+        "snippet": snippet(page["text"], cfg.snippet_chars),
+        "model": page["model"],
+    }
+
+
 def _encoder(cfg: DictConfig, index_cfg: DictConfig | None) -> tuple[MultiVectorEncoder, str]:
     if cfg.model.name:
         name, name_or_path, cache_dir = cfg.model.name, cfg.model.name_or_path, cfg.model.cache_dir
@@ -93,16 +107,7 @@ def run_search(cfg: DictConfig) -> list[dict]:
         except vespa_query.VespaQueryError as exc:
             fail(f"Vespa at {endpoint.safe_url}: {exc}", code=1)
         return [
-            {
-                "query": query,
-                "rank": rank,
-                "score": round(hit["score"], 4),
-                "page_id": hit["page_id"],
-                "source_uri": hit["source_uri"],
-                "page_number": hit["page_number"],
-                "snippet": snippet(hit["text"], cfg.snippet_chars),
-                "model": hit.get("model") or model_name,
-            }
+            result_row(cfg, query, rank, hit["score"], {**hit, "model": hit.get("model") or model_name})
             for query, hits in zip(queries, hits_per_query, strict=True)
             for rank, hit in enumerate(hits, start=1)
         ]
@@ -115,18 +120,7 @@ def run_search(cfg: DictConfig) -> list[dict]:
     for query, vectors in zip(queries, encoder.embed_queries(queries), strict=True):
         for rank, hit in enumerate(local.search(vectors, cfg.top_k, cfg.profile, cfg.rerank_count), start=1):
             row = local.pages.slice(hit.page_index, 1).to_pylist()[0]
-            results.append(
-                {
-                    "query": query,
-                    "rank": rank,
-                    "score": round(hit.score, 4),
-                    "page_id": row["page_id"],
-                    "source_uri": row["source_uri"],
-                    "page_number": row["page_number"],
-                    "snippet": snippet(row["text"], cfg.snippet_chars),
-                    "model": index_cfg.model.name,
-                }
-            )
+            results.append(result_row(cfg, query, rank, hit.score, {**row, "model": index_cfg.model.name}))
     return results
 
 

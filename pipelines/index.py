@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -51,7 +52,7 @@ class IndexLocation:
                 self.fs.rm(self.path(name), recursive=True)
 
     def write_text(self, name: str, text: str) -> None:
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.makedirs(posixpath.dirname(self.path(name)), exist_ok=True)
         with self.fs.open(self.path(name), "w") as handle:
             handle.write(text)
 
@@ -76,12 +77,9 @@ class IndexLocation:
         ok = pa.array(schema.ok_mask(block))
         pages = block.filter(ok).select(schema.INDEX_PAGE_COLUMNS)
         errors = block.filter(pc.invert(ok)).select(schema.INDEX_ERROR_COLUMNS)
-        part = f"part-{uuid.uuid4().hex}.parquet"
         for name, table in ((PAGES_DIR, pages), (ERRORS_DIR, errors)):
             if table.num_rows:
-                self.fs.makedirs(self.path(name), exist_ok=True)
-                with self.fs.open(self.path(name, part), "wb") as handle:
-                    pq.write_table(table, handle, compression="zstd")
+                self.write_part(name, table)
         counts = {
             "pages": pages.num_rows,
             "error_rows": errors.num_rows,
@@ -91,27 +89,42 @@ class IndexLocation:
             counts.update(on_pages(pages))
         return counts
 
+    def write_part(self, directory: str, table: pa.Table) -> None:
+        """Write ``table`` as a new Parquet part file under ``directory`` (relative to the index root).
+
+        Names sort in write order and are unique, so parallel writers never collide.
+        """
+        self.fs.makedirs(self.path(directory), exist_ok=True)
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        with self.fs.open(self.path(directory, name), "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+
+    def iter_parts(
+        self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
+        """The part files under ``directory``, one table each, in name (= write) order."""
+        path = self.path(directory)
+        files = sorted(self.fs.glob(posixpath.join(path, "*.parquet"))) if self.fs.exists(path) else []
+        for file in files:
+            with self.fs.open(file, "rb") as handle:
+                yield pq.read_table(handle, columns=columns, schema=table_schema)
+
+    def read_parts(self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        """All part files under ``directory`` as one table (empty, with the schema, if there are none)."""
+        tables = list(self.iter_parts(directory, table_schema, columns))
+        if tables:
+            return pa.concat_tables(tables)
+        empty = table_schema.empty_table()
+        return empty.select(columns) if columns else empty
+
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """Read ``pages`` or ``errors`` as one table (empty table with the schema if absent)."""
         table_schema = schema.PAGES_TABLE_SCHEMA if name == PAGES_DIR else schema.ERRORS_TABLE_SCHEMA
-        directory = self.path(name)
-        files = sorted(self.fs.glob(posixpath.join(directory, "*.parquet"))) if self.fs.exists(directory) else []
-        if not files:
-            empty = table_schema.empty_table()
-            return empty.select(columns) if columns else empty
-        tables = []
-        for file in files:
-            with self.fs.open(file, "rb") as handle:
-                tables.append(pq.read_table(handle, columns=columns, schema=table_schema))
-        return pa.concat_tables(tables)
+        return self.read_parts(name, table_schema, columns)
 
     def iter_page_parts(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """The pages table one part file at a time (bounded memory for large indexes)."""
-        directory = self.path(PAGES_DIR)
-        files = sorted(self.fs.glob(posixpath.join(directory, "*.parquet"))) if self.fs.exists(directory) else []
-        for file in files:
-            with self.fs.open(file, "rb") as handle:
-                yield pq.read_table(handle, columns=columns, schema=schema.PAGES_TABLE_SCHEMA)
+        return self.iter_parts(PAGES_DIR, schema.PAGES_TABLE_SCHEMA, columns)
 
     def read_pages(self, columns: list[str] | None = None) -> pa.Table:
         return self.read_table(PAGES_DIR, columns)

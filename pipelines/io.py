@@ -74,3 +74,8 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None, max_b
             raise FileTooLarge(msg)
     with fs.open(path, "rb") as handle:
         return handle.read()
+
+
+def file_stem(uri: str) -> str:
+    """The file name of a path or URL without its suffix (``s3://b/x/report.pdf`` -> ``report``)."""
+    return posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]

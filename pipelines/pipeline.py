@@ -210,7 +210,6 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
     vespa_report = None
     if inline_feed is not None:
         # Feed whatever the inline pass did not get acknowledged, and remove stale pages of changed documents.
-        endpoint, doc_settings, feed_settings = inline_feed
         vespa_report = replay.replay(location, endpoint, doc_settings, feed_settings, mode="resume")
         vespa_report["inline"] = {k: v for k, v in totals.items() if k.startswith("vespa_")}
     report = {

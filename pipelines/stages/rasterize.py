@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io as bytes_io
 import math
-import posixpath
 import re
 import subprocess
 import tempfile
@@ -131,7 +130,7 @@ class RasterizeStage(Stage):
                 yield [{**base, **error_fields(self.name, exc.error_type, str(exc))}]
                 return
             base["page_count"] = len(sizes)
-            base["title"] = title or posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
+            base["title"] = title or io.file_stem(uri)
             for start in range(1, len(sizes) + 1, self.window_pages):
                 stop = min(start + self.window_pages - 1, len(sizes))
                 yield self._render_window(pdf_path, Path(tmp), base, sizes, start, stop)
@@ -284,8 +283,9 @@ class RasterizeStage(Stage):
         if not self.thumbnail_px:
             return None
         with Image.open(bytes_io.BytesIO(image_bytes)) as image:
-            image = image.convert("RGB")
             image.thumbnail((self.thumbnail_px, self.thumbnail_px), Image.Resampling.BILINEAR)
+            if image.mode not in ("RGB", "L"):  # JPEG has no alpha or palette
+                image = image.convert("RGB")
             out = bytes_io.BytesIO()
             image.save(out, format="JPEG", quality=70)
         return out.getvalue()

@@ -78,34 +78,34 @@ class VespaEndpoint:
             return None, None
         return (None, value) if "-----BEGIN" in value else (value, None)
 
+    def resolved(self) -> VespaEndpoint:
+        """Copy with every credential read now from config or the environment (for code that runs on
+        other machines, and the one place the sources of credentials are decided)."""
+        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
+        key_path, key_content = self._pem(self.key, self.key_env, self.key_content)
+        return dataclasses.replace(
+            self, token=self._token(), cert=cert_path, key=key_path, cert_content=cert_content, key_content=key_content
+        )
+
     @property
     def auth_method(self) -> str:
-        if self._token():
+        credentials = self.resolved()
+        if credentials.token:
             return "token"
-        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
-        return "mtls" if cert_path or cert_content else "none"
+        return "mtls" if credentials.cert or credentials.cert_content else "none"
 
     def connect(self) -> Vespa:
         """A pyvespa application handle with the configured credentials."""
         if not self.url:
             msg = "no Vespa endpoint: set vespa.endpoint.url=http(s)://host:8080"
             raise ValueError(msg)
-        token = self._token()
-        if token:
-            return Vespa(url=str(self.url).rstrip("/"), vespa_cloud_secret_token=token)
-        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
-        key_path, key_content = self._pem(self.key, self.key_env, self.key_content)
-        if cert_content:
-            return Vespa(url=str(self.url).rstrip("/"), cert_content=cert_content, key_content=key_content)
-        return Vespa(url=str(self.url).rstrip("/"), cert=cert_path, key=key_path)
-
-    def resolved(self) -> VespaEndpoint:
-        """Copy with credentials read from the environment now (for code that runs on other machines)."""
-        cert_path, cert_content = self._pem(self.cert, self.cert_env, self.cert_content)
-        key_path, key_content = self._pem(self.key, self.key_env, self.key_content)
-        return dataclasses.replace(
-            self, token=self._token(), cert=cert_path, key=key_path, cert_content=cert_content, key_content=key_content
-        )
+        credentials = self.resolved()
+        url = str(self.url).rstrip("/")
+        if credentials.token:
+            return Vespa(url=url, vespa_cloud_secret_token=credentials.token)
+        if credentials.cert_content:
+            return Vespa(url=url, cert_content=credentials.cert_content, key_content=credentials.key_content)
+        return Vespa(url=url, cert=credentials.cert, key=credentials.key)
 
     def describe(self) -> dict[str, str]:
         """Loggable description: URL without credentials, schema, namespace, auth method."""
@@ -125,9 +125,8 @@ class VespaEndpoint:
 
     def secrets(self) -> list[str]:
         """Secret values in play (token, PEM key text), for scrubbing text before it is logged."""
-        values = [self._token()]
-        values.append(self._pem(self.key, self.key_env, self.key_content)[1])
-        return [v for v in values if v]
+        credentials = self.resolved()
+        return [v for v in (credentials.token, credentials.key_content) if v]
 
 
 def _is_secret_key(key: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines import schema
+from pipelines import io, schema
 from pipelines.vespa.app import BINARY_FIELD, FLOAT_FIELD
 
 FORMS = ("hex", "list")
@@ -98,7 +98,7 @@ def page_document(row: Mapping[str, Any], settings: DocumentSettings) -> dict[st
         "page_id": row["page_id"],
         "doc_id": row["doc_id"],
         "source_uri": source_uri,
-        "title": row.get("title") or source_uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0],
+        "title": row.get("title") or io.file_stem(source_uri),  # indexes written before titles existed
         "text": text[: settings.max_text_chars],
         "page_number": int(row["page_number"]),
         "page_count": int(row["page_count"]),

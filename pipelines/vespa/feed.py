@@ -108,7 +108,13 @@ def backoff_seconds(attempt: int, settings: FeedSettings) -> float:
     return random.uniform(0, min(settings.backoff_max_s, settings.backoff_initial_s * 2**attempt))
 
 
-def _message(json_body: Any) -> str:
+def is_transient(status: int | None) -> bool:
+    """Worth retrying: no answer at all (timeout, reset, dropped connection) or a throttling/unavailable status."""
+    return status is None or status in RETRYABLE_STATUS
+
+
+def response_message(json_body: Any) -> str:
+    """Vespa's error message from a /document/v1 answer body, cut to 500 characters."""
     if isinstance(json_body, dict):
         return str(json_body.get("message") or json_body.get("Exception") or json_body)[:500]
     return str(json_body)[:500]
@@ -142,7 +148,7 @@ async def _feed(
                     response = await session.delete_data(
                         schema=endpoint.schema, data_id=op.doc_id, namespace=endpoint.namespace
                     )
-                status, message = response.status_code, _message(response.json)
+                status, message = response.status_code, response_message(response.json)
             except Exception as exc:  # timeouts, resets, dropped connections: all transport-level
                 status, message = None, f"{type(exc).__name__}: {exc}"
             attempt += 1
@@ -154,7 +160,7 @@ async def _feed(
                     blocked.append(message)
                     stop.set()
                 return Outcome(op.doc_id, op.kind, "blocked", status, attempt, message, op.meta)
-            retryable = status is None or status in RETRYABLE_STATUS
+            retryable = is_transient(status)
             if not retryable or attempt > settings.max_retries:
                 if retryable:
                     message = f"gave up after {attempt} attempts: {message}"

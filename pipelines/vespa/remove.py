@@ -16,7 +16,7 @@ import logging
 from vespa.retries import NO_RETRY
 
 from pipelines.vespa.client import VespaEndpoint, scrub
-from pipelines.vespa.feed import RETRYABLE_STATUS, FeedSettings, backoff_seconds
+from pipelines.vespa.feed import FeedSettings, backoff_seconds, is_transient, response_message
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ async def _delete_where(endpoint: VespaEndpoint, expression: str, settings: Feed
                 params["continuation"] = body["continuation"]
                 continue
             attempt += 1
-            message = scrub(str(body.get("message", body))[:500], endpoint.secrets())
-            if (status is None or status in RETRYABLE_STATUS) and attempt <= settings.max_retries:
+            message = scrub(response_message(body), endpoint.secrets())
+            if is_transient(status) and attempt <= settings.max_retries:
                 await asyncio.sleep(backoff_seconds(attempt - 1, settings))
                 continue
             msg = f"selection delete {expression!r} failed with status {status}: {message}"

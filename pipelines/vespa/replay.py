@@ -23,14 +23,12 @@ import datetime as dt
 import json
 import logging
 import posixpath
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.index import IndexLocation
 from pipelines.vespa import documents
@@ -63,11 +61,8 @@ class FeedLog:
 
     def __init__(self, location: IndexLocation, endpoint: VespaEndpoint):
         self.location = location
-        self.root = location.path("vespa", endpoint.target_key())
-        self.endpoint = endpoint
-
-    def _path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
+        self.directory = posixpath.join("vespa", endpoint.target_key())
+        self.root = location.path(self.directory)
 
     def append(self, outcomes: list[Outcome], run_id: str) -> None:
         if not outcomes:
@@ -89,29 +84,17 @@ class FeedLog:
             },
             schema=LOG_SCHEMA,
         )
-        fs = self.location.fs
-        fs.makedirs(self._path("log"), exist_ok=True)
-        # Sortable names: the log's order is the order outcomes were appended.
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        with fs.open(self._path("log", name), "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
+        self.location.write_part(posixpath.join(self.directory, "log"), table)
 
     def read(self) -> pa.Table:
-        fs = self.location.fs
-        directory = self._path("log")
-        files = sorted(fs.glob(posixpath.join(directory, "*.parquet"))) if fs.exists(directory) else []
-        tables = []
-        for file in files:
-            with fs.open(file, "rb") as handle:
-                tables.append(pq.read_table(handle, schema=LOG_SCHEMA))
-        return pa.concat_tables(tables) if tables else LOG_SCHEMA.empty_table()
+        return self.location.read_parts(posixpath.join(self.directory, "log"), LOG_SCHEMA)
 
     def acked_state(self) -> dict[str, dict[str, Any]]:
         """Per page id, its last acknowledged operation (``op``, ``doc_id``, ``source_uri``, ``config_hash``)."""
         log = self.read()
         acked = log.filter(pc.equal(log.column("state"), "acked")).select(["page_id", *META_COLUMNS[1:], "op"])
         state: dict[str, dict[str, Any]] = {}
-        for row in acked.to_pylist():  # file order is append order, so later rows win
+        for row in acked.to_pylist():  # part files are read in write order, so later rows win
             state[row["page_id"]] = row
         return state
 
@@ -120,14 +103,7 @@ class FeedLog:
         return {pid: row["config_hash"] for pid, row in self.acked_state().items() if row["op"] == "put"}
 
     def write_json(self, name: str, payload: dict) -> None:
-        fs = self.location.fs
-        fs.makedirs(self.root, exist_ok=True)
-        with fs.open(self._path(name), "w") as handle:
-            handle.write(json.dumps(payload, indent=2, default=str))
-
-    def read_json(self, name: str) -> dict:
-        with self.location.fs.open(self._path(name), "r") as handle:
-            return json.loads(handle.read())
+        self.location.write_text(posixpath.join(self.directory, name), json.dumps(payload, indent=2, default=str))
 
 
 class _Checkpointer:
@@ -238,46 +214,55 @@ def replay(
     finally:
         checkpoint.flush()
     unique_pages = len(set(pages_meta.column("page_id").to_pylist()))
-    report = feed_report(result, endpoint, mode, unique_pages, unique_pages - len(to_put), run_id)
-    # Operations never sent (the feed stopped on a 507) have no outcome: count them from the plan.
-    report["puts_remaining"] = len(to_put) - report["puts_acked"] - report["puts_failed"]
-    report["removes_remaining"] = len(removes) - report["removes_acked"] - report["removes_failed"]
-    report["puts_planned"], report["removes_planned"] = len(to_put), len(removes)
+    report = feed_report(result, endpoint, mode, unique_pages, len(to_put), len(removes), run_id)
     log.write_json("feed_report.json", report)
     return report
 
 
 def feed_report(
-    result: FeedResult, endpoint: VespaEndpoint, mode: str, pages_in_index: int, already_fed: int, run_id: str
+    result: FeedResult,
+    endpoint: VespaEndpoint,
+    mode: str,
+    pages_in_index: int,
+    planned_puts: int,
+    planned_removes: int,
+    run_id: str,
 ) -> dict[str, Any]:
-    puts = [o for o in result.outcomes if o.kind == "put"]
-    removes = [o for o in result.outcomes if o.kind == "remove"]
-    acked_puts = sum(1 for o in puts if o.state == "acked")
+    """Counts of one replay. Operations never sent (the feed stopped on a 507) have no outcome, so
+    what remains is counted from the plan: planned minus acked minus failed."""
+    counts = {
+        (kind, state): sum(1 for o in result.outcomes if o.kind == kind and o.state == state)
+        for kind in ("put", "remove")
+        for state in ("acked", "failed")
+    }
+    acked_puts = counts["put", "acked"]
     failures = [
         {"page_id": o.doc_id, "op": o.kind, "status": o.status, "attempts": o.attempts, "message": o.message}
         for o in result.outcomes
         if o.state == "failed"
     ]
+    puts_remaining = planned_puts - acked_puts - counts["put", "failed"]
+    removes_remaining = planned_removes - counts["remove", "acked"] - counts["remove", "failed"]
     return {
         "run_id": run_id,
         "target": endpoint.describe(),
         "mode": mode,
         "pages_in_index": pages_in_index,
-        "pages_already_fed": already_fed,
-        "puts_planned": len(puts),
+        "pages_already_fed": pages_in_index - planned_puts,
+        "puts_planned": planned_puts,
         "puts_acked": acked_puts,
-        "puts_failed": sum(1 for o in puts if o.state == "failed"),
-        "puts_remaining": sum(1 for o in puts if o.state in ("blocked", "not_attempted")),
-        "removes_planned": len(removes),
-        "removes_acked": sum(1 for o in removes if o.state == "acked"),
-        "removes_failed": sum(1 for o in removes if o.state == "failed"),
-        "removes_remaining": sum(1 for o in removes if o.state in ("blocked", "not_attempted")),
+        "puts_failed": counts["put", "failed"],
+        "puts_remaining": puts_remaining,
+        "removes_planned": planned_removes,
+        "removes_acked": counts["remove", "acked"],
+        "removes_failed": counts["remove", "failed"],
+        "removes_remaining": removes_remaining,
         "retried_operations": sum(1 for o in result.outcomes if o.attempts > 1),
         "blocked": result.blocked,
         "blocked_message": result.blocked_message,
         "seconds": round(result.seconds, 3),
         "puts_per_second": round(acked_puts / result.seconds, 2) if result.seconds > 0 else None,
-        "complete": all(o.state == "acked" for o in result.outcomes),
+        "complete": not failures and puts_remaining == 0 and removes_remaining == 0,
         "failures": failures[:100],
         "failures_total": len(failures),
     }
