@@ -2,10 +2,15 @@
 
     python -m jobs.index source.location=/data/pdfs output.location=/data/index [model=tiny] [key=value ...]
 
-Exit status: 0 when every input file is accounted for (indexed or recorded as an error),
-1 when some file is unaccounted for (or, feeding Vespa inline, some pages failed to feed),
-2 on bad configuration or a missing input location, 3 when Vespa blocked the feed (507):
-``python -m jobs.feed index=<output.location>`` resumes it.
+Reruns are incremental: only new and changed files are processed, and a run that was killed is
+resumed (its finished documents are kept). ``source.sync=true`` also removes files gone from the
+source; ``output.mode=overwrite`` rebuilds from scratch.
+
+Exit status: 0 when every input file is accounted for (indexed, unchanged, duplicate or recorded as
+an error); 1 when some file is unaccounted for (or, feeding Vespa inline, some pages failed to feed);
+2 on bad configuration or a missing/denied location; 3 when Vespa blocked the feed (507):
+``python -m jobs.feed index=<output.location>`` resumes it; 4 when more than ``max_error_rate`` of the
+listed files failed.
 """
 
 from __future__ import annotations
@@ -23,24 +28,42 @@ from pipelines.pipeline import ConfigError, run_index
 logger = logging.getLogger("jobs.index")
 
 
+EXIT_TOO_MANY_ERRORS = 4
+
+
 def print_summary(report: dict) -> None:
     test_note = "  (TEST MODEL: random weights, scores are meaningless)" if report["is_test_model"] else ""
+    run = report["files_this_run"]
     lines = [
         f"index: {report['index']}",
         f"model: {report['model']}{test_note}  config_hash: {report['config_hash']}  backend: {report['backend']}",
-        f"files: {report['files_listed']} listed, {report['files_indexed']} indexed, "
-        f"{report['files_failed_entirely']} failed, {len(report['files_unaccounted'])} unaccounted; "
+        f"files: {report['files_listed']} listed: {run['indexed']} indexed, {run['unchanged']} unchanged (skipped), "
+        f"{run['duplicate']} duplicates of indexed files, {run['failed']} failed, {run['unaccounted']} unaccounted; "
         f"{len(report['files_skipped_by_suffix'])} other files skipped (not {'/'.join(report['suffixes'])})",
-        f"pages: {report['pages_indexed']} indexed in {report['wall_seconds']:.1f}s "
-        f"({report['pages_per_second']} pages/s); vectors: {report['vectors_before_pooling']} -> "
+        f"index now: {report['files_indexed']} files indexed, {report['files_failed_entirely']} failed"
+        + (f" {report['files_failed_by_reason']}" if report["files_failed_by_reason"] else "")
+        + f", {report['documents_in_index']} documents, "
+        f"{report['pages_indexed']} pages; {report['files_removed']} files removed (sync), "
+        f"{report['files_missing_from_source']} recorded files missing from the source"
+        + (" (source.sync=true removes them)" if report["files_missing_from_source"] else ""),
+        f"this run: {report['pages_embedded']} pages embedded in {report['wall_seconds']:.1f}s "
+        f"({report['pages_per_second']} pages/s); vectors in index: {report['vectors_before_pooling']} -> "
         f"{report['vectors_stored']} after pooling",
     ]
+    if report["recovered_runs"]:
+        kept = sum(r["recorded"] for r in report["recovered_runs"])
+        lines.append(
+            f"resumed {len(report['recovered_runs'])} interrupted run(s): {kept} files they finished were kept"
+        )
     if report["errors"]:
-        lines.append(f"errors ({report['error_rows']} rows, by type {report['errors_by_type']}):")
+        lines.append(
+            f"files with errors ({report['files_with_errors']}; error rows by type {report['errors_by_type']}):"
+        )
         for error in report["errors"][:20]:
-            lines.append(f"  {error['source_uri']}: [{error['stage']}/{error['type']}] {error['message'][:160]}")
+            pages = f" ({error['page_errors']} pages)" if error["status"] == "indexed" else ""
+            lines.append(f"  {error['source_uri']}: [{error['type']}{pages}] {error['message'][:160]}")
         if len(report["errors"]) > 20:
-            lines.append(f"  ... {len(report['errors']) - 20} more in {report['index']}/errors")
+            lines.append(f"  ... {len(report['errors']) - 20} more in {report['index']}/errors and ledger")
     vespa = report.get("vespa")
     if vespa:
         inline = vespa.get("inline", {})
@@ -58,7 +81,7 @@ def main(cfg: DictConfig) -> None:
     setup_logging(cfg.log_level)
     try:
         report = run_index(cfg)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, PermissionError) as exc:
         fail(str(exc))
     print_summary(report)
     if report["files_unaccounted"]:
@@ -68,6 +91,13 @@ def main(cfg: DictConfig) -> None:
         fail(blocked_help(vespa), code=EXIT_BLOCKED)
     if vespa and not vespa["complete"]:
         fail(f"{vespa['failures_total']} Vespa operations failed; run jobs.feed on this index to retry them", code=1)
+    if report["error_rate_exceeded"]:
+        fail(
+            f"{report['files_failed_entirely']} of {report['files_listed']} files failed "
+            f"({report['failed_rate']:.1%}), "
+            f"over max_error_rate={report['max_error_rate']}; see the errors above",
+            code=EXIT_TOO_MANY_ERRORS,
+        )
 
 
 if __name__ == "__main__":

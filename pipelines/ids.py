@@ -11,7 +11,12 @@ DOC_ID_HEX_CHARS = 32  # 128 bits of sha256: collision-free at any corpus size w
 
 def doc_id_from_bytes(data: bytes) -> str:
     """Document id: the first 128 bits of the sha256 of the file's bytes, as hex."""
-    return hashlib.sha256(data).hexdigest()[:DOC_ID_HEX_CHARS]
+    return doc_id_from_sha256(hashlib.sha256(data).hexdigest())
+
+
+def doc_id_from_sha256(hexdigest: str) -> str:
+    """Document id from a file's full sha256 hex digest (e.g. hashed while streaming)."""
+    return hexdigest[:DOC_ID_HEX_CHARS]
 
 
 def page_id(doc_id: str, page_number: int) -> str:

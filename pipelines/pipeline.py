@@ -21,7 +21,7 @@ import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from pipelines import ids, index, io, schema
+from pipelines import failpoints, ids, index, io, ledger, schema
 from pipelines.backends.base import StageResources
 from pipelines.errors import ConfigError
 from pipelines.models import registry
@@ -84,6 +84,7 @@ def build_plan(cfg: DictConfig) -> IndexPlan:
                 jpeg_quality=int(raster.jpeg_quality),
                 extract_text=bool(raster.extract_text),
                 timeout_s=float(raster.timeout_s),
+                document_timeout_s=float(raster.document_timeout_s),
                 max_file_bytes=int(raster.max_file_bytes),
                 thumbnail_px=int(raster.thumbnail_px),
                 storage_options=to_plain(cfg.source.storage_options) or None,
@@ -137,36 +138,49 @@ def _versions() -> dict[str, str]:
     return out
 
 
+OUTPUT_MODES = ("incremental", "overwrite")
+
+
 def run_index(cfg: DictConfig) -> dict[str, Any]:
     """Run the indexing job described by ``cfg``; returns the run report (also written to the index).
 
-    Raises :class:`ConfigError` on bad configuration before any work starts, and
-    ``FileNotFoundError`` when the input location does not exist.
+    In ``incremental`` mode (default) only new and changed sources are processed, and a run that was
+    killed is committed first, so its finished documents are kept (see :mod:`pipelines.ledger`).
+
+    Raises :class:`ConfigError` on bad configuration before any work starts (including an index
+    built with another model or config), ``FileNotFoundError``/``PermissionError`` when the input or
+    output location is missing or denied.
     """
     source_location = require(cfg, "source.location", "set source.location=<PDF file, directory or fsspec URL>")
     output_location = require(cfg, "output.location", "set output.location=<directory or fsspec URL>")
-    if cfg.output.mode != "overwrite":
-        msg = f"output.mode must be 'overwrite' (got {cfg.output.mode!r})"
+    if cfg.output.mode not in OUTPUT_MODES:
+        msg = f"output.mode must be one of {list(OUTPUT_MODES)} (got {cfg.output.mode!r})"
+        raise ConfigError(msg)
+    sync = bool(cfg.source.sync)
+    if sync and cfg.source.glob:
+        msg = (
+            "source.sync=true removes every recorded source that is not listed; "
+            "it needs the full listing (unset source.glob)"
+        )
+        raise ConfigError(msg)
+    max_error_rate = float(cfg.max_error_rate)
+    if not 0.0 <= max_error_rate <= 1.0:
+        msg = f"max_error_rate must be a fraction between 0 and 1, got {max_error_rate}"
         raise ConfigError(msg)
     plan = build_plan(cfg)
     inline_feed = _inline_feed(cfg)
     source_location = _absolute(source_location)
     output_location = _absolute(output_location)
+    source_options = to_plain(cfg.source.storage_options)
 
     files, skipped = io.list_inputs(
-        source_location,
-        suffixes=tuple(cfg.source.suffixes),
-        glob=cfg.source.glob,
-        storage_options=to_plain(cfg.source.storage_options),
+        source_location, suffixes=tuple(cfg.source.suffixes), glob=cfg.source.glob, storage_options=source_options
     )
     if not files:
         msg = f"no input files matching {list(cfg.source.suffixes)} under {source_location!r}"
         raise ConfigError(msg)
-    sources = pa.table(
-        {"source_uri": [uri for uri, _ in files], "source_size": [size for _, size in files]},
-        schema=schema.SOURCE_SCHEMA,
-    )
     logger.info("listed %d input files under %s (%d skipped by suffix)", len(files), source_location, len(skipped))
+    io.require_bucket(output_location, to_plain(cfg.output.storage_options), "output")
 
     if cfg.backend == "ray":
         from pipelines.backends import ray_data
@@ -176,11 +190,28 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
         ray_data.check_resources_fit(plan.stages, plan.resources)
 
     location = index.IndexLocation(output_location, to_plain(cfg.output.storage_options))
-    location.clear_tables()
+    book = ledger.Ledger(location)
+    try:
+        if cfg.output.mode == "overwrite":
+            location.clear_tables()
+        book.check_config(plan.settings["model"], plan.config_hash, plan.settings)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise io.storage_error(output_location, exc, "output") from exc
+    recovered = book.recover()
     location.write_text(index.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(redact(to_plain(cfg)))))
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
     run_id = uuid.uuid4().hex
+    work = book.plan(
+        files,
+        run_id,
+        storage_options=source_options,
+        sync=sync,
+        sync_root=io.location_uri(source_location, source_options),
+        retry_failed=bool(cfg.source.retry_failed),
+        hash_threads=int(cfg.source.hash_threads),
+    )
+    logger.info("plan: %s", work.counts())
 
     on_pages = None
     if inline_feed is not None:
@@ -190,48 +221,73 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
             return replay.feed_pages(location, endpoint, doc_settings, feed_settings, pages, run_id)
 
     def write_block(block: pa.Table) -> dict[str, int]:
-        return location.write_block(block, plan.settings["model"], plan.config_hash, on_pages)
+        counts = location.write_block(block, plan.settings["model"], plan.config_hash, on_pages, run_id=run_id)
+        failpoints.hit("after_write_block")
+        return counts
 
-    if cfg.backend == "local":
-        from pipelines.backends import local
-
-        totals = local.execute(sources, plan.stages, write_block, docs_per_batch=1)
-    else:
-        totals = ray_data.execute(
-            sources,
-            plan.stages,
-            plan.resources,
-            write_block,
-            max_source_blocks=int(cfg.ray.max_source_blocks),
-            progress_bars=cfg.ray.progress_bars,
+    totals: dict[str, int] = {}
+    if work.process:
+        sources = pa.table(
+            {"source_uri": [f.uri for f in work.process], "source_size": [f.size for f in work.process]},
+            schema=schema.SOURCE_SCHEMA,
         )
+        if cfg.backend == "local":
+            from pipelines.backends import local
+
+            totals = local.execute(sources, plan.stages, write_block, docs_per_batch=1)
+        else:
+            totals = ray_data.execute(
+                sources,
+                plan.stages,
+                plan.resources,
+                write_block,
+                max_source_blocks=int(cfg.ray.max_source_blocks),
+                progress_bars=cfg.ray.progress_bars,
+            )
+    failpoints.hit("before_commit")
+    commit = book.commit(run_id)
+    compaction = location.compact()
     wall_s = time.perf_counter() - started
-    summary = index.summarize(location, sources.column("source_uri").to_pylist())
+    summary = index.summarize(location, files, work)
     vespa_report = None
     if inline_feed is not None:
-        # Feed whatever the inline pass did not get acknowledged, and remove stale pages of changed documents.
-        vespa_report = replay.replay(location, endpoint, doc_settings, feed_settings, mode="resume")
+        # Feed whatever the inline pass did not get acknowledged, remove stale pages of changed
+        # documents and, with sync, pages of documents gone from the source.
+        vespa_report = replay.replay(
+            location, endpoint, doc_settings, feed_settings, mode="resume", delete_missing=sync
+        )
         vespa_report["inline"] = {k: v for k, v in totals.items() if k.startswith("vespa_")}
+    pages_embedded = int(totals.get("pages", 0))
+    failed_rate = summary["files_failed_entirely"] / len(files)
     report = {
         "run_id": run_id,
         "started_at": started_at.isoformat(),
         "wall_seconds": round(wall_s, 3),
-        "pages_per_second": round(summary["pages_indexed"] / wall_s, 3) if wall_s > 0 else None,
+        "pages_embedded": pages_embedded,
+        "pages_per_second": round(pages_embedded / wall_s, 3) if wall_s > 0 else None,
         "backend": cfg.backend,
+        "mode": cfg.output.mode,
         "source": source_location,
         "index": output_location,
         "model": plan.settings["model"],
         "is_test_model": registry.get_spec(plan.settings["model"]).is_test_model,
         "config_hash": plan.config_hash,
         "settings": plan.settings,
+        "plan": work.counts(),
+        "recovered_runs": recovered,
+        "commit": commit,
+        "compaction": compaction,
         "written": totals,
         **summary,
+        "failed_rate": round(failed_rate, 4),
+        "max_error_rate": max_error_rate,
+        "error_rate_exceeded": failed_rate > max_error_rate,
         "files_skipped_by_suffix": skipped,
         "suffixes": list(cfg.source.suffixes),
         "versions": _versions(),
         "vespa": vespa_report,
     }
-    location.write_text(index.REPORT_FILE, json.dumps(report, indent=2))
+    location.write_text(index.REPORT_FILE, json.dumps(report, indent=2, default=str))
     return report
 
 
@@ -254,7 +310,8 @@ def _worker_env() -> dict[str, str]:
     """Environment the driver passes to Ray workers (importable package, offline hub settings)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "PIPELINES_CACHE_DIR", "TOKENIZERS_PARALLELISM"):
+    passed = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "PIPELINES_CACHE_DIR", "TOKENIZERS_PARALLELISM")
+    for key in (*passed, "PIPELINES_FAILPOINTS", "PIPELINES_FAILPOINTS_ONCE_DIR"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env

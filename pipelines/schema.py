@@ -90,6 +90,7 @@ INDEX_ERROR_COLUMNS = [
     "source_uri",
     "doc_id",
     "page_number",
+    "page_count",  # known once the document opened; lets the ledger see that every page is accounted for
     "error_stage",
     "error_type",
     "error_message",

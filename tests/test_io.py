@@ -17,20 +17,22 @@ def tree(tmp_path):
 
 def test_directory_listing_is_recursive_case_insensitive_and_reports_skipped(tree):
     files, skipped = io.list_inputs(str(tree))
-    assert [uri.rsplit("/", 1)[1] for uri, _ in files] == ["TWO.PDF", "one.pdf", "b.pdf"]
-    assert all(uri.startswith("file://") for uri, _ in files)
-    assert dict(files)[(tree / "b.pdf").as_uri()] == len(b"%PDF-1.4 b")
+    assert [f.uri.rsplit("/", 1)[1] for f in files] == ["TWO.PDF", "one.pdf", "b.pdf"]
+    assert all(f.uri.startswith("file://") for f in files)
+    assert {f.uri: f.size for f in files}[(tree / "b.pdf").as_uri()] == len(b"%PDF-1.4 b")
+    assert all(f.version.startswith("mtime:") for f in files)
     assert [uri.rsplit("/", 1)[1] for uri in skipped] == ["notes.txt"]
 
 
 def test_glob_listing_reports_what_it_skips(tree):
     files, skipped = io.list_inputs(str(tree), glob="a/*")
-    assert sorted(uri.rsplit("/", 1)[1] for uri, _ in files) == ["TWO.PDF", "one.pdf"]
+    assert sorted(f.uri.rsplit("/", 1)[1] for f in files) == ["TWO.PDF", "one.pdf"]
     assert [uri.rsplit("/", 1)[1] for uri in skipped] == ["notes.txt"]
 
 
 def test_single_file_and_missing_location(tree):
-    assert io.list_inputs(str(tree / "b.pdf")) == ([((tree / "b.pdf").as_uri(), 10)], [])
+    [single], skipped = io.list_inputs(str(tree / "b.pdf"))
+    assert (single.uri, single.size, skipped) == ((tree / "b.pdf").as_uri(), 10, [])
     with pytest.raises(FileNotFoundError, match=r"source\.location"):
         io.list_inputs(str(tree / "missing"))
 

@@ -14,6 +14,7 @@ import math
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ class RasterizeStage(Stage):
     jpeg_quality: int = 90
     extract_text: bool = True
     timeout_s: float = 120.0
+    document_timeout_s: float = 1800.0
     max_file_bytes: int = 512 * 1024 * 1024
     thumbnail_px: int = 192  # long side of the JPEG thumbnail kept per page; 0 = none
     storage_options: dict[str, Any] | None = None
@@ -97,6 +99,10 @@ class RasterizeStage(Stage):
         if self.window_pages < 1:
             msg = f"rasterize.window_pages must be >= 1, got {self.window_pages}"
             raise ValueError(msg)
+        if not (self.timeout_s > 0 and self.document_timeout_s > 0):
+            msg = "rasterize.timeout_s and rasterize.document_timeout_s must be > 0"
+            raise ValueError(msg)
+        self._deadline = math.inf  # monotonic time by which the current document must be done
 
     def process_stream(self, batch: pa.Table) -> Iterator[pa.Table]:
         for uri in batch.column("source_uri").to_pylist():
@@ -108,7 +114,12 @@ class RasterizeStage(Stage):
         return [row for rows in self.rasterize_windows(uri) for row in rows]
 
     def rasterize_windows(self, uri: str) -> Iterator[list[dict]]:
-        """The records of one document, ``window_pages`` pages at a time (bounded memory)."""
+        """The records of one document, ``window_pages`` pages at a time (bounded memory).
+
+        Every poppler call is a separate process killed at ``timeout_s``; the whole document also has
+        ``document_timeout_s``, after which its remaining pages become ``timeout`` error rows.
+        """
+        self._deadline = time.monotonic() + self.document_timeout_s
         try:
             data = io.read_bytes(uri, self.storage_options, max_bytes=self.max_file_bytes)
         except io.FileTooLarge as exc:
@@ -133,6 +144,14 @@ class RasterizeStage(Stage):
             base["title"] = title or io.file_stem(uri)
             for start in range(1, len(sizes) + 1, self.window_pages):
                 stop = min(start + self.window_pages - 1, len(sizes))
+                if time.monotonic() >= self._deadline:
+                    exc = DocumentError(
+                        "timeout",
+                        f"document not finished within {self.document_timeout_s}s (rasterize.document_timeout_s); "
+                        f"pages {start}-{len(sizes)} not rendered",
+                    )
+                    yield [self._page_error(base, n, exc) for n in range(start, len(sizes) + 1)]
+                    return
                 yield self._render_window(pdf_path, Path(tmp), base, sizes, start, stop)
 
     @staticmethod
@@ -144,11 +163,16 @@ class RasterizeStage(Stage):
             msg = f"not a PDF: no '%PDF-' header in the first {PDF_MAGIC_WINDOW} bytes (starts with {head!r})"
             raise DocumentError("not_pdf", msg)
 
+    def _call_timeout(self) -> float:
+        """Seconds the next poppler call may take: ``timeout_s``, or less when the document's budget ends sooner."""
+        return max(0.1, min(self.timeout_s, self._deadline - time.monotonic()))
+
     def _poppler(self, args: list[str]) -> subprocess.CompletedProcess:
+        timeout = self._call_timeout()
         try:
-            return subprocess.run(args, capture_output=True, timeout=self.timeout_s, check=False)
+            return subprocess.run(args, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
-            msg = f"{args[0]} did not finish within {self.timeout_s}s (rasterize.timeout_s)"
+            msg = f"{args[0]} did not finish within {timeout:.1f}s (rasterize.timeout_s / document_timeout_s)"
             raise DocumentError("timeout", msg) from exc
 
     def _page_sizes(self, pdf_path: Path) -> tuple[list[tuple[float, float]], str]:
@@ -247,6 +271,7 @@ class RasterizeStage(Stage):
     def _render(self, pdf_path: Path, tmp: Path, first: int, last: int, size: tuple[int, int]):
         """Render pages first..last to compressed bytes; returns [(bytes, (w, h))] in page order."""
         out_dir = Path(tempfile.mkdtemp(dir=tmp))
+        timeout = self._call_timeout()
         try:
             paths = convert_from_path(
                 str(pdf_path),
@@ -260,10 +285,13 @@ class RasterizeStage(Stage):
                 output_folder=str(out_dir),
                 paths_only=True,
                 use_cropbox=True,
-                timeout=self.timeout_s,
+                timeout=timeout,
             )
         except PDFPopplerTimeoutError as exc:
-            msg = f"pdftoppm did not finish pages {first}-{last} within {self.timeout_s}s (rasterize.timeout_s)"
+            msg = (
+                f"pdftoppm did not finish pages {first}-{last} within {timeout:.1f}s "
+                "(rasterize.timeout_s / document_timeout_s)"
+            )
             raise DocumentError("timeout", msg) from exc
         except (MemoryError, OSError):
             raise  # the machine's problem (memory, full disk, missing poppler), not the document's

@@ -1,41 +1,61 @@
-"""The index CLI on Ray with the tiny TEST model over the shared corpus: 31 real-world PDFs and a LICENSE."""
+"""The index CLI on Ray with the tiny TEST model over the shared corpus (31 real-world PDFs and a
+LICENSE) plus generated hostile files: every file is accounted for, each bad one with its reason,
+a render that never ends is killed at its timeout, and the exit status follows max_error_rate."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from pipelines import hostile, index
+
 REPO = Path(__file__).resolve().parents[2]
+LONG_PAGES = 120
 
 
-def test_shared_corpus_every_file_accounted_and_the_encrypted_one_is_an_error(shared_corpus, tmp_path, model_cache):
+def run_job(source: Path, out: Path, model_cache: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PIPELINES_CACHE_DIR": str(model_cache)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.index",
-            f"source.location={shared_corpus}",
-            f"output.location={tmp_path}",
-            "model=tiny",
-            "ray.num_cpus=2",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    args = [sys.executable, "-m", "jobs.index", f"source.location={source}", f"output.location={out}", "model=tiny"]
+    return subprocess.run(
+        [*args, "ray.num_cpus=2", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "run_report.json").read_text())
-    everything = sorted(p.name for p in shared_corpus.iterdir())
-    assert len(everything) == 32  # 31 PDFs and their LICENSE
-    assert report["files_listed"] == 31
+
+
+def test_shared_corpus_and_hostile_files_all_accounted_with_reasons(shared_corpus, tmp_path, model_cache):
+    source = tmp_path / "source"
+    shutil.copytree(shared_corpus, source / "shared")
+    hostile.write_hostile_corpus(source / "hostile", long_pages=LONG_PAGES)
+    out = tmp_path / "index"
+    # More than 10 % of the files are broken: the default max_error_rate makes the run exit 4, after
+    # finishing and recording everything.
+    result = run_job(source, out, model_cache, "rasterize.timeout_s=10")
+    assert result.returncode == 4, result.stderr[-4000:]
+    assert "over max_error_rate=0.1" in result.stderr
+    report = json.loads((out / "run_report.json").read_text())
+
+    assert report["files_listed"] == 31 + len(hostile.EXPECTED)
     assert [Path(u).name for u in report["files_skipped_by_suffix"]] == ["LICENSE"]
     assert report["files_unaccounted"] == []
-    failed = {Path(e["source_uri"]).name: e["type"] for e in report["errors"]}
-    assert failed["005-libreoffice-writer-password_libreoffice-writer-password.pdf"] == "encrypted"
-    assert report["files_indexed"] + report["files_failed_entirely"] == 31
-    assert report["files_indexed"] >= 29  # everything poppler can read is indexed
-    assert report["pages_indexed"] > 150
+    assert report["files_indexed"] + report["files_failed_entirely"] == report["files_listed"]
+    errors = {Path(e["source_uri"]).name: e for e in report["errors"]}
+    assert errors["005-libreoffice-writer-password_libreoffice-writer-password.pdf"]["type"] == "encrypted"
+    for name, allowed in hostile.EXPECTED.items():
+        outcome = errors[name]["type"] if name in errors and errors[name]["status"] == "failed" else ""
+        assert outcome in allowed, (name, errors.get(name))
+    assert "timeout_s" in errors["render_bomb.pdf"]["message"]
+    pages = index.IndexLocation(str(out)).read_pages(["source_uri", "page_number", "image_width", "image_height"])
+    rows = pages.to_pylist()
+    long_doc = sorted(r["page_number"] for r in rows if r["source_uri"].endswith("long_document.pdf"))
+    assert long_doc == list(range(1, LONG_PAGES + 1))  # rendered window by window, every page kept
+    assert max(r["image_width"] * r["image_height"] for r in rows) <= 4_000_000  # the huge page too
+    shared_indexed = {Path(u).name for u in pages["source_uri"].to_pylist() if "/shared/" in u}
+    assert len(shared_indexed) >= 29  # everything poppler can read is indexed
+
+    # A rerun with a looser threshold exits 0; only the timed-out file is tried again (timeouts are transient).
+    result = run_job(source, out, model_cache, "rasterize.timeout_s=10", "max_error_rate=0.5")
+    assert result.returncode == 0, result.stderr[-4000:]
+    rerun = json.loads((out / "run_report.json").read_text())
+    assert rerun["plan"]["to_process"] == sum(1 for e in report["errors"] if e["type"] == "timeout")
+    assert rerun["files_unaccounted"] == [] and rerun["files_listed"] == report["files_listed"]

@@ -1,0 +1,198 @@
+"""The ledger's run protocol on synthetic part files: plan, commit, visibility, recovery, compaction.
+
+Workers are simulated by writing page/error blocks tagged with the run id, exactly as the pipeline's
+sink does, so every outcome (complete, half-written, repeated, failed) can be set up precisely.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines import ids, index, io, ledger, schema
+from pipelines.errors import ConfigError
+from pipelines.stages.compress import binarize
+
+
+def write_source(root, name: str, content: bytes) -> io.SourceFile:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    [file], _ = io.list_inputs(str(path))
+    return file
+
+
+def file_doc_id(file: io.SourceFile) -> str:
+    return ids.doc_id_from_bytes(io.read_bytes(file.uri))
+
+
+def page_rows(file: io.SourceFile, pages: range, page_count: int) -> list[dict]:
+    doc_id = file_doc_id(file)
+    rng = np.random.default_rng(len(file.uri))
+    rows = []
+    for number in pages:
+        vectors = rng.normal(size=(3, schema.EMBEDDING_DIM)).astype(np.float16)
+        rows.append(
+            {
+                "page_id": ids.page_id(doc_id, number),
+                "doc_id": doc_id,
+                "source_uri": file.uri,
+                "page_number": number,
+                "page_count": page_count,
+                "n_vectors_raw": 3,
+                "n_vectors": 3,
+                "embedding": vectors.tobytes(),
+                "binary": binarize(vectors.astype(np.float32)).tobytes(),
+            }
+        )
+    return rows
+
+
+def error_row(file: io.SourceFile, error_type: str, page: int | None = None, page_count: int | None = None) -> dict:
+    doc_id = file_doc_id(file)
+    return {
+        "source_uri": file.uri,
+        "doc_id": doc_id,
+        "page_number": page,
+        "page_count": page_count,
+        "error_stage": "rasterize",
+        "error_type": error_type,
+        "error_message": f"{error_type} here",
+    }
+
+
+def write(location: index.IndexLocation, rows: list[dict], run_id: str) -> None:
+    location.write_block(schema.rows_to_table(rows), "tiny", "cfg", run_id=run_id)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    src = tmp_path / "src"
+    location = index.IndexLocation(str(tmp_path / "index"))
+    book = ledger.Ledger(location)
+    book.check_config("tiny", "cfg", {"pool_factor": 3})
+    return src, location, book
+
+
+def visible_pages(location) -> list[str]:
+    return sorted(location.read_pages(["page_id"]).column("page_id").to_pylist())
+
+
+def test_only_complete_documents_commit_and_become_visible(setup):
+    src, location, book = setup
+    whole = write_source(src, "whole.pdf", b"%PDF whole")
+    half = write_source(src, "half.pdf", b"%PDF half")
+    broken = write_source(src, "broken.pdf", b"%PDF broken")
+    partly = write_source(src, "partly.pdf", b"%PDF partly")
+    plan = book.plan([whole, half, broken, partly], "run1")
+    assert sorted(f.uri for f in plan.process) == sorted(f.uri for f in (whole, half, broken, partly))
+    write(location, page_rows(whole, range(1, 3), 3), "run1")
+    write(location, page_rows(whole, range(3, 4), 3), "run1")  # a second window, another part
+    write(location, page_rows(half, range(1, 3), 5), "run1")  # pages 3-5 never arrive
+    write(location, [error_row(broken, "corrupt")], "run1")
+    write(location, [*page_rows(partly, [1], 2), error_row(partly, "pixel_cap", page=2, page_count=2)], "run1")
+    assert visible_pages(location) == []  # nothing is visible before the commit
+
+    summary = book.commit("run1")
+    state = book.state()
+    assert summary["incomplete"] == [half.uri]
+    assert half.uri not in state
+    assert (state[whole.uri]["status"], state[whole.uri]["pages"]) == ("indexed", 3)
+    assert (state[broken.uri]["status"], state[broken.uri]["error_type"]) == ("failed", "corrupt")
+    assert (state[partly.uri]["pages"], state[partly.uri]["page_errors"]) == (1, 1)
+    pages = location.read_pages(["page_id", "source_uri"])
+    assert set(pages.column("source_uri").to_pylist()) == {whole.uri, partly.uri}
+    assert pages.num_rows == 4
+    assert location.read_errors().column("error_type").to_pylist().count("corrupt") == 1
+
+    # The next run redoes only the half-written document; its old rows stay invisible and are compacted away.
+    plan = book.plan([whole, half, broken, partly], "run2")
+    assert [f.uri for f in plan.process] == [half.uri] and len(plan.unchanged) == 3
+    write(location, page_rows(half, range(1, 6), 5), "run2")
+    book.commit("run2")
+    assert len(visible_pages(location)) == 4 + 5
+    counts = location.compact()
+    assert counts["rows_dropped"] == 2
+    raw = [
+        pid
+        for part in location.iter_parts("pages", schema.PAGES_TABLE_SCHEMA, ["page_id"])
+        for pid in part.column(0).to_pylist()
+    ]
+    assert sorted(raw) == visible_pages(location)
+
+
+def test_repeated_writes_count_once_and_compaction_removes_them(setup):
+    src, location, book = setup
+    doc = write_source(src, "doc.pdf", b"%PDF doc")
+    book.plan([doc], "run1")
+    rows = page_rows(doc, range(1, 4), 3)
+    write(location, rows, "run1")
+    write(location, rows, "run1")  # a retried Ray write task
+    book.commit("run1")
+    assert len(visible_pages(location)) == 3
+    assert location.compact() == {"parts_rewritten": 0, "parts_deleted": 1, "rows_dropped": 3}
+    assert len(location.part_files("pages")) == 1 and len(visible_pages(location)) == 3
+
+
+def test_duplicates_moves_and_changes(setup):
+    src, location, book = setup
+    a = write_source(src, "a.pdf", b"%PDF same bytes")
+    b = write_source(src, "b.pdf", b"%PDF other")
+    plan = book.plan([a, b], "run1")
+    write(location, page_rows(a, range(1, 3), 2) + page_rows(b, range(1, 2), 1), "run1")
+    book.commit("run1")
+
+    # Same bytes at a new path (and the old path gone): recorded as a duplicate, nothing to process.
+    moved = write_source(src, "sub/a-moved.pdf", b"%PDF same bytes")
+    (src / "a.pdf").unlink()
+    hashed = []
+
+    def counting_hash(uri):
+        hashed.append(uri)
+        return io.content_hash(uri)
+
+    plan = book.plan([b, moved], "run2", sync=True, sync_root=io.location_uri(str(src)), hash_fn=counting_hash)
+    assert plan.process == [] and [f.uri for f, _ in plan.aliases] == [moved.uri]
+    assert plan.removes == [a.uri] and hashed == [moved.uri]  # b is unchanged; only the size-colliding file hashed
+    book.commit("run2")
+    pages = location.read_pages(["page_id", "source_uri"])
+    assert sorted(pages.column("source_uri").to_pylist()) == [b.uri, moved.uri, moved.uri]  # shown at its new path
+    assert book.state()[moved.uri]["duplicate_of"] == a.uri
+
+    # Changed content at the same path: processed; the old document's pages leave the index.
+    changed = write_source(src, "b.pdf", b"%PDF other, edited")
+    plan = book.plan([changed, moved], "run3")
+    assert [f.uri for f in plan.process] == [changed.uri]
+    write(location, page_rows(changed, range(1, 3), 2), "run3")
+    book.commit("run3")
+    doc_ids = set(location.read_pages(["doc_id"]).column("doc_id").to_pylist())
+    assert doc_ids == {ids.doc_id_from_bytes(b"%PDF same bytes"), ids.doc_id_from_bytes(b"%PDF other, edited")}
+
+
+def test_retryable_errors_are_retried_and_others_only_on_request(setup):
+    src, location, book = setup
+    slow = write_source(src, "slow.pdf", b"%PDF slow")
+    bad = write_source(src, "bad.pdf", b"%PDF bad")
+    book.plan([slow, bad], "run1")
+    write(location, [error_row(slow, "timeout"), error_row(bad, "encrypted")], "run1")
+    book.commit("run1")
+    assert [f.uri for f in book.plan([slow, bad], "run2").process] == [slow.uri]
+    assert sorted(f.uri for f in book.plan([slow, bad], "run3", retry_failed=True).process) == [bad.uri, slow.uri]
+
+
+def test_an_index_of_another_config_is_refused(setup):
+    _, _, book = setup
+    with pytest.raises(ConfigError, match=r"pool_factor.*output\.mode=overwrite"):
+        book.check_config("tiny", "other", {"pool_factor": 2})
+
+
+def test_interrupted_runs_are_committed_by_recovery(setup):
+    src, location, book = setup
+    done = write_source(src, "done.pdf", b"%PDF done")
+    book.plan([done], "crashed")
+    write(location, page_rows(done, range(1, 3), 2), "crashed")
+    assert book.pending_runs() == ["crashed"]
+    [summary] = book.recover()
+    assert summary["by_status"] == {"indexed": 1} and book.pending_runs() == []
+    assert len(visible_pages(location)) == 2
+    assert book.plan([done], "next").process == []
