@@ -113,10 +113,13 @@ class IndexLocation:
         return sorted(self.fs.glob(posixpath.join(path, "*.parquet"))) if self.fs.exists(path) else []
 
     def iter_part_files(
-        self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None
+        self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None, tags: set[str] | None = None
     ) -> Iterator[tuple[str, pa.Table]]:
-        """``(path, table)`` of every part file under ``directory``, in name (= write) order."""
+        """``(path, table)`` of every part file under ``directory`` (only those tagged with one of ``tags``,
+        if given), in name (= write) order."""
         for file in self.part_files(directory):
+            if tags is not None and ledger.part_tag(file) not in tags:
+                continue
             with self.fs.open(file, "rb") as handle:
                 yield file, pq.read_table(handle, columns=columns, schema=table_schema)
 
@@ -163,10 +166,13 @@ class IndexLocation:
     def read_errors(self) -> pa.Table:
         return self.read_table(ERRORS_DIR)
 
-    def compact(self) -> dict[str, int]:
+    def compact(self, tags: set[str] | None = None) -> dict[str, int]:
         """Rewrite part files so they hold only visible rows (drop half-written documents of killed runs,
         superseded and removed documents, repeated writes). Crash-safe: the rewritten part keeps its run
         tag and is written before the old one is deleted, and readers drop the repeated rows meanwhile.
+
+        ``tags`` limits the work to part files of those runs (a document's visible rows and their
+        repeats all carry one tag, so nothing outside them can be a repeat); None looks at every part.
         """
         visibility = ledger.Ledger(self).visibility()
         counts = {"parts_rewritten": 0, "parts_deleted": 0, "rows_dropped": 0}
@@ -177,7 +183,7 @@ class IndexLocation:
             (ERRORS_DIR, schema.ERRORS_TABLE_SCHEMA, ["doc_id", "source_uri", "page_number"]),
         ):
             seen: set = set()
-            for path, table in self.iter_part_files(name, table_schema, keys):
+            for path, table in self.iter_part_files(name, table_schema, keys, tags=tags):
                 tag = ledger.part_tag(path)
                 mask = ledger.visible_mask(table, tag, visibility, seen, name)
                 kept = pc.sum(mask).as_py() or 0

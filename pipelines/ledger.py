@@ -205,18 +205,37 @@ class Ledger:
 
     def pending_runs(self) -> list[str]:
         """Runs that wrote a plan but never committed (killed or crashed), oldest first."""
-        root = self.location.path(RUNS_DIR)
-        if not self.fs.exists(root):
-            return []
-        pending = []
-        for run_dir in self.fs.ls(root, detail=False):
-            names = {posixpath.basename(p) for p in self.fs.ls(run_dir, detail=False)}
-            if "plan.parquet" in names and "committed.json" not in names:
-                pending.append(posixpath.basename(run_dir.rstrip("/")))
+        pending = [
+            run for run, names in self._runs().items() if "plan.parquet" in names and "committed.json" not in names
+        ]
         return sorted(pending, key=self._run_started)
 
     def _run_started(self, run_id: str) -> float:
         return self.fs.modified(self.location.path(RUNS_DIR, run_id, "plan.parquet")).timestamp()
+
+    def _runs(self) -> dict[str, set[str]]:
+        """Run id -> names of the files in its directory."""
+        root = self.location.path(RUNS_DIR)
+        if not self.fs.exists(root):
+            return {}
+        return {
+            posixpath.basename(run_dir.rstrip("/")): {posixpath.basename(p) for p in self.fs.ls(run_dir, detail=False)}
+            for run_dir in self.fs.ls(root, detail=False)
+        }
+
+    def compaction_due(self) -> tuple[list[str], set[str]]:
+        """(committed runs not yet compacted, the part-file tags their compaction must look at)."""
+        runs, tags = [], set()
+        for run_id, names in sorted(self._runs().items()):
+            if "committed.json" in names and "compacted.json" not in names:
+                summary = json.loads(self.location.read_text(posixpath.join(RUNS_DIR, run_id, "committed.json")))
+                runs.append(run_id)
+                tags.update(summary.get("compact_tags", [run_id]))
+        return runs, tags
+
+    def mark_compacted(self, run_ids: Iterable[str], counts: Mapping[str, int]) -> None:
+        for run_id in run_ids:
+            self.location.write_text(posixpath.join(RUNS_DIR, run_id, "compacted.json"), json.dumps(dict(counts)))
 
     def recover(self) -> list[dict[str, Any]]:
         """Commit what every interrupted run finished; returns their commit summaries."""
@@ -399,6 +418,17 @@ class Ledger:
         if records:
             self.location.write_part(SOURCES_DIR, pa.Table.from_pylist(records, schema=LEDGER_SCHEMA), tag=run_id)
         failpoints.hit("commit_between_ledger_and_marker")
+        # Part files that may now hold rows nobody sees: this run's (half-written documents, repeated
+        # writes) and those of documents this run replaced or removed.
+        compact_tags = {run_id}
+        for record in records:
+            previous = state.get(record["source_uri"])
+            if (
+                previous
+                and previous["commit_run"]
+                and (record["status"] == REMOVED or previous["doc_id"] != record["doc_id"])
+            ):
+                compact_tags.add(previous["commit_run"])
         by_status = Counter(r["status"] for r in records)
         summary = {
             "run_id": run_id,
@@ -406,6 +436,7 @@ class Ledger:
             "by_status": dict(sorted(by_status.items())),
             "duplicates": sum(1 for r in records if r["duplicate_of"]),
             "incomplete": sorted(incomplete),
+            "compact_tags": sorted(compact_tags),
         }
         self.location.write_text(posixpath.join(RUNS_DIR, run_id, "committed.json"), json.dumps(summary, indent=2))
         return summary
@@ -417,9 +448,8 @@ ERROR_KEYS = ["source_uri", "doc_id", "page_number", "page_count", "error_type",
 
 def _tagged(location, directory: str, table_schema: pa.Schema, tag: str, columns: list[str]) -> list[dict]:
     rows: list[dict] = []
-    for path, table in location.iter_part_files(directory, table_schema, columns):
-        if part_tag(path) == tag:
-            rows.extend(table.to_pylist())
+    for _, table in location.iter_part_files(directory, table_schema, columns, tags={tag}):
+        rows.extend(table.to_pylist())
     return rows
 
 
@@ -474,6 +504,8 @@ def _now() -> dt.datetime:
 def visible_mask(table: pa.Table, tag: str | None, visibility: Visibility, seen: set, kind: str) -> pa.Array:
     """Boolean mask of the rows of one part file that belong to the index; updates ``seen`` (dedup keys)."""
     doc_ids = table.column("doc_id").to_pylist()
+    if tag is None:  # written outside the run protocol (no run tag): never part of a ledgered index
+        return pa.array([False] * table.num_rows, pa.bool_())
     if kind == "pages":
         keys = table.column("page_id").to_pylist()
         candidates = [visibility.doc_run.get(d) == tag for d in doc_ids]

@@ -246,7 +246,9 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
             )
     failpoints.hit("before_commit")
     commit = book.commit(run_id)
-    compaction = location.compact()
+    compacted_runs, compact_tags = book.compaction_due()  # this run's, and any a crash interrupted
+    compaction = location.compact(compact_tags)
+    book.mark_compacted(compacted_runs, compaction)
     wall_s = time.perf_counter() - started
     summary = index.summarize(location, files, work)
     vespa_report = None
