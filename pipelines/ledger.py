@@ -215,13 +215,14 @@ class Ledger:
 
     def _runs(self) -> dict[str, set[str]]:
         """Run id -> names of the files in its directory."""
-        root = self.location.path(RUNS_DIR)
+        root = self.location.path(RUNS_DIR).rstrip("/")
         if not self.fs.exists(root):
             return {}
-        return {
-            posixpath.basename(run_dir.rstrip("/")): {posixpath.basename(p) for p in self.fs.ls(run_dir, detail=False)}
-            for run_dir in self.fs.ls(root, detail=False)
-        }
+        runs: dict[str, set[str]] = {}
+        for path in self.fs.find(root):  # one recursive listing, not one per run (object stores)
+            run_id, _, name = path[len(root) :].strip("/").partition("/")
+            runs.setdefault(run_id, set()).add(name)
+        return runs
 
     def compaction_due(self) -> tuple[list[str], set[str]]:
         """(committed runs not yet compacted, the part-file tags their compaction must look at)."""
@@ -365,6 +366,7 @@ class Ledger:
                 page_counts.setdefault(row["source_uri"], row["page_count"])
 
         state = self.state()
+        live_by_doc = {r["doc_id"]: r for r in state.values() if r["doc_id"] and r["status"] in LIVE}
         now = _now()
         outcome: dict[str, dict[str, Any]] = {}  # doc_id -> row of the source that processed it
         records: list[dict[str, Any]] = []
@@ -398,9 +400,7 @@ class Ledger:
             if plan_row["action"] != ALIAS:
                 continue
             doc_id = plan_row["doc_id"]
-            source = outcome.get(doc_id) or next(
-                (r for r in state.values() if r["doc_id"] == doc_id and r["status"] in LIVE), None
-            )
+            source = outcome.get(doc_id) or live_by_doc.get(doc_id)
             if source is None:  # its document was being processed in this run and did not finish
                 incomplete.append(plan_row["source_uri"])
                 continue
