@@ -95,3 +95,54 @@ def test_unknown_profile_fails_with_choices(corpus):
     _, index, query = corpus
     with pytest.raises(ValueError, match="two_phase"):
         index.search(query, profile="nope")
+
+
+def test_chunked_threaded_scoring_of_a_multi_chunk_table_equals_the_literal_math(monkeypatch):
+    import pyarrow as pa
+
+    from pipelines import search
+
+    # Chunks of a few pages, one page larger than a chunk, Arrow columns split across record batches.
+    monkeypatch.setattr(search, "CHUNK_VECTORS", 40)
+    monkeypatch.setattr(search, "FLOAT_CHUNK_VECTORS", 55)
+    rng = np.random.default_rng(11)
+    pages = [unit(rng, int(n)) for n in rng.integers(1, 25, size=20)] + [unit(rng, 90)]
+    table = schema.rows_to_table(
+        [
+            {
+                "page_id": f"doc{i}-p1",
+                "source_uri": f"file:///doc{i}.pdf",
+                "n_vectors": len(p),
+                "embedding": p.astype("<f2").tobytes(),
+                "binary": binarize(p).tobytes(),
+            }
+            for i, p in enumerate(pages)
+        ]
+    ).select(schema.INDEX_PAGE_COLUMNS)
+    table = pa.Table.from_batches(table.to_batches(max_chunksize=6))
+    assert table.column("binary").num_chunks > 1
+    query = unit(rng, 5)
+    query = np.concatenate([query, query[:2]])  # repeated tokens: same sign bits, scored once, counted twice
+    expected_first = [reference_hamming_maxsim(query, p) for p in pages]
+    expected_float = [reference_float_maxsim(query, p) for p in pages]
+    for threads in (1, 3):
+        index = LocalIndex(table, threads=threads)
+        assert len(index._chunks) > 3
+        np.testing.assert_allclose(index.hamming_maxsim(query), expected_first, rtol=1e-12)
+        np.testing.assert_allclose(index.float_maxsim(query), expected_float, rtol=1e-5)
+
+
+def test_vector_bytes_that_disagree_with_n_vectors_fail():
+    table = schema.rows_to_table(
+        [
+            {
+                "page_id": "a-p1",
+                "source_uri": "file:///a.pdf",
+                "n_vectors": 5,
+                "binary": bytes(16 * 3),
+                "embedding": bytes(256 * 3),
+            }
+        ]
+    ).select(schema.INDEX_PAGE_COLUMNS)
+    with pytest.raises(ValueError, match="n_vectors sums to 5"):
+        LocalIndex(table)

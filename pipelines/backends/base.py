@@ -40,3 +40,7 @@ class StageResources:
 
 #: Receives each finished block of page records; returns counts to add to the run report.
 BlockWriter = Callable[[pa.Table], dict[str, int]]
+
+#: Key of the per-stage timings a backend adds to its returned totals: ``{stage name or "write": seconds}``,
+#: time spent processing batches (one-time setup such as model loading excluded).
+STAGE_SECONDS = "stage_seconds"

@@ -19,7 +19,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext, Datasink, TaskPoolStrategy
 from ray.data.datasource.datasink import WriteResult
 
-from pipelines.backends.base import BlockWriter, StageResources
+from pipelines.backends.base import STAGE_SECONDS, BlockWriter, StageResources
 from pipelines.errors import ConfigError
 from pipelines.stages.base import Stage
 
@@ -116,10 +116,16 @@ def execute(
 ) -> dict:
     """Run ``stages`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts.
 
+    The result also has :data:`~pipelines.backends.base.STAGE_SECONDS` (per-stage seconds, see
+    :func:`_stage_seconds`) when Ray Data's stats can be matched to the stages.
+
     Call :func:`check_resources_fit` first: a plan that cannot be scheduled makes Ray Data wait forever.
     """
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
+    # Split the time of fused operators (binarize->write) per stage in Ray Data's stats, for
+    # ``stage_seconds``; it costs one number per stage on each block's metadata.
+    ctx.per_stage_map_timing = True
     # Per-file rows are tiny; one block per file (up to a cap) lets rasterization spread over workers.
     # (Slicing on the driver rather than repartitioning: a shuffle stage would need whole CPUs that the
     # actor pools may already hold.)
@@ -168,4 +174,54 @@ def execute(
     dataset.write_datasink(sink, ray_remote_args={"num_cpus": last.num_cpus})
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("ray data execution stats:\n%s", dataset.stats())
-    return sink.totals
+    stage_seconds = _stage_seconds(dataset, stages)
+    if stage_seconds is None:
+        return sink.totals
+    return {**sink.totals, STAGE_SECONDS: stage_seconds}
+
+
+def _stage_seconds(dataset: ray.data.Dataset, stages: list[Stage]) -> dict[str, float] | None:
+    """Seconds each stage (and the write, key ``"write"``) spent transforming blocks, from Ray Data's stats.
+
+    Times are summed over all workers of a stage (parallel workers add up, so the sum can exceed the
+    wall time) and exclude actor start-up (model loading). Operators are matched to ``stages`` by
+    position: each stage is one ``map_batches`` in order, and the datasink is Ray Data's ``Write``.
+    Fused operators (``A->B``) are split with the per-stage timing enabled in :func:`execute`. Returns
+    None when the stats cannot be matched (another Ray Data version): the timings are informational
+    and must never fail a run.
+    """
+    try:
+        summary = dataset.get_stats_summary()
+    except Exception as exc:  # a DeveloperAPI; its absence only costs the timings
+        logger.debug("no Ray Data stats for stage timings: %s: %s", type(exc).__name__, exc)
+        return None
+    chain = []
+    pending = [summary]
+    while pending:  # parents first: operators in execution order
+        node = pending.pop()
+        chain[:0] = node.operators_stats
+        pending.extend(node.parents)
+    units: list[tuple[str, float]] = []
+    for op in chain:
+        names = op.operator_name.split("->")
+        total = op.block_transform_time.sum if op.block_transform_time else 0.0
+        parts = [part.sum for part in op.stage_time] if op.stage_time else [total]
+        if len(names) == 1:
+            units.append((names[0], float(total)))
+        elif len(parts) >= len(names):
+            # One timing per transform function; only the last fused operator may have several
+            # (Write is the write function plus a stats collector), so the rest belong to it.
+            head = len(names) - 1
+            units.extend((name, float(part)) for name, part in zip(names[:head], parts[:head], strict=True))
+            units.append((names[-1], float(sum(parts[head:]))))
+        else:
+            logger.debug("cannot split fused operator %s for stage timings", op.operator_name)
+            return None
+    maps = [seconds for name, seconds in units if name.startswith("MapBatches(")]
+    writes = [seconds for name, seconds in units if name.startswith("Write")]
+    if len(maps) != len(stages) or not writes:
+        logger.debug("Ray Data operators %s do not match stages %s", [n for n, _ in units], [s.name for s in stages])
+        return None
+    seconds = {stage.name: value for stage, value in zip(stages, maps, strict=True)}
+    seconds["write"] = sum(writes)
+    return {name: round(value, 4) for name, value in seconds.items()}

@@ -1,8 +1,8 @@
 """Rasterize: one PDF source row in, one page record per page out (or error rows).
 
-Pages are rendered with poppler through pdf2image at the pixel budget the model consumes (its
-processor would resize anything larger anyway), capped by a DPI ceiling for small pages and a hard
-pixel ceiling, and kept as compressed PNG/JPEG bytes. The text layer comes from poppler's
+Pages are rendered with poppler's ``pdftoppm`` at the pixel budget the model consumes (its processor
+would resize anything larger anyway), capped by a DPI ceiling for small pages and a hard pixel
+ceiling, and kept as compressed JPEG (default) or PNG bytes. The text layer comes from poppler's
 ``pdftotext``. Documents are processed in windows of pages so a 2,000-page file never holds more
 than one window of images.
 """
@@ -18,11 +18,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import pyarrow as pa
-from pdf2image import convert_from_path
-from pdf2image.exceptions import PDFPopplerTimeoutError
 from PIL import Image
 
 from pipelines import ids, io, schema
@@ -34,6 +32,17 @@ PDF_MAGIC_WINDOW = 1024
 _PAGE_SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size:\s+([\d.]+)\s+x\s+([\d.]+)")
 _PAGE_ROT_RE = re.compile(r"^Page\s+(\d+)\s+rot:\s+(\d+)")
 _TITLE_RE = re.compile(r"^Title:\s*(.*)$")
+# zlib level 1 for the page PNGs: several times faster than the default level, and the files are
+# about as large as poppler's own PNGs (81 KiB per 0.6-Mpx page on the shared corpus).
+PNG_COMPRESS_LEVEL = 1
+
+
+class PageSize(NamedTuple):
+    """A page's size in points as displayed (after /Rotate), and whether it is turned a quarter."""
+
+    width_pt: float
+    height_pt: float
+    sideways: bool = False
 
 
 class DocumentError(Exception):
@@ -74,7 +83,7 @@ class RasterizeStage(Stage):
     max_dpi: float = 200.0
     hard_max_pixels: int = 4_000_000
     window_pages: int = 16
-    image_format: str = "png"
+    image_format: str = "jpeg"
     jpeg_quality: int = 90
     extract_text: bool = True
     timeout_s: float = 120.0
@@ -175,7 +184,7 @@ class RasterizeStage(Stage):
             msg = f"{args[0]} did not finish within {timeout:.1f}s (rasterize.timeout_s / document_timeout_s)"
             raise DocumentError("timeout", msg) from exc
 
-    def _page_sizes(self, pdf_path: Path) -> tuple[list[tuple[float, float]], str]:
+    def _page_sizes(self, pdf_path: Path) -> tuple[list[PageSize], str]:
         """Per-page (width, height) in points, after the page's /Rotate is applied, and the Title metadata."""
         result = self._poppler(["pdfinfo", "-f", "1", "-l", "2147483647", str(pdf_path)])
         stderr = result.stderr.decode("utf-8", "replace").strip()
@@ -206,13 +215,12 @@ class RasterizeStage(Stage):
         out = []
         for number in range(1, page_count + 1):
             width, height = sizes.get(number, (0.0, 0.0))
-            if rotations.get(number, 0) in (90, 270):
-                width, height = height, width
-            out.append((width, height))
+            sideways = rotations.get(number, 0) in (90, 270)
+            out.append(PageSize(height, width, True) if sideways else PageSize(width, height))
         return out, title
 
     def _render_window(
-        self, pdf_path: Path, tmp: Path, base: dict, sizes: list[tuple[float, float]], start: int, stop: int
+        self, pdf_path: Path, tmp: Path, base: dict, sizes: list[PageSize], start: int, stop: int
     ) -> list[dict]:
         texts = self._texts(pdf_path, start, stop)
         rows: list[dict] = []
@@ -220,7 +228,7 @@ class RasterizeStage(Stage):
         # every page of a document has the same size).
         run_start = start
         while run_start <= stop:
-            width_pt, height_pt = sizes[run_start - 1]
+            width_pt, height_pt, _ = sizes[run_start - 1]
             try:
                 size = target_size(width_pt, height_pt, self.max_pixels, self.max_dpi)
             except DocumentError as exc:
@@ -239,7 +247,7 @@ class RasterizeStage(Stage):
             exc = DocumentError("pixel_cap", f"render of {size[0]}x{size[1]} px exceeds rasterize.hard_max_pixels")
             return [self._page_error(base, n, exc) for n in range(first, last + 1)]
         try:
-            images = self._render(pdf_path, tmp, first, last, size)
+            images = self._render(pdf_path, tmp, first, last, size, sizes[first - 1].sideways)
         except DocumentError as exc:
             if first == last:
                 return [self._page_error(base, first, exc)]
@@ -249,9 +257,9 @@ class RasterizeStage(Stage):
                 rows.extend(self._render_run(pdf_path, tmp, base, sizes, texts, window_start, number, number, size))
             return rows
         rows = []
-        for offset, (image_bytes, (pixel_w, pixel_h)) in enumerate(images):
+        for offset, (image_bytes, (pixel_w, pixel_h), thumbnail) in enumerate(images):
             number = first + offset
-            width_pt, height_pt = sizes[number - 1]
+            width_pt, height_pt, _ = sizes[number - 1]
             rows.append(
                 {
                     **base,
@@ -262,61 +270,60 @@ class RasterizeStage(Stage):
                     "image": image_bytes,
                     "image_width": pixel_w,
                     "image_height": pixel_h,
-                    "thumbnail": self._thumbnail(image_bytes),
+                    "thumbnail": thumbnail,
                     "text": texts[number - window_start] if number - window_start < len(texts) else "",
                 }
             )
         return rows
 
-    def _render(self, pdf_path: Path, tmp: Path, first: int, last: int, size: tuple[int, int]):
-        """Render pages first..last to compressed bytes; returns [(bytes, (w, h))] in page order."""
+    def _render(self, pdf_path: Path, tmp: Path, first: int, last: int, size: tuple[int, int], sideways: bool):
+        """Render pages first..last; returns ``[(image bytes, (w, h), thumbnail bytes | None)]`` in page order.
+
+        pdftoppm is called directly (a killable process with the call's timeout), writing raw PPM that is
+        encoded here. Going through pdf2image cost two extra processes per call (its own ``pdfinfo`` and a
+        ``pdftoppm -v``), and poppler's PNG writer (zlib's default level) about 60% of the stage's CPU
+        time (reports/benchmarks.md). The thumbnail comes from the decoded pixels, not a re-decode.
+        ``-scale-to-x/-y`` apply to the page before its /Rotate, so a sideways page asks for the swapped
+        size (otherwise the image comes out stretched with its sides swapped).
+        """
         out_dir = Path(tempfile.mkdtemp(dir=tmp))
-        timeout = self._call_timeout()
-        try:
-            paths = convert_from_path(
-                str(pdf_path),
-                first_page=first,
-                last_page=last,
-                size=size,
-                fmt=self.image_format,
-                jpegopt={"quality": self.jpeg_quality, "optimize": False, "progressive": False}
-                if self.image_format == "jpeg"
-                else None,
-                output_folder=str(out_dir),
-                paths_only=True,
-                use_cropbox=True,
-                timeout=timeout,
-            )
-        except PDFPopplerTimeoutError as exc:
-            msg = (
-                f"pdftoppm did not finish pages {first}-{last} within {timeout:.1f}s "
-                "(rasterize.timeout_s / document_timeout_s)"
-            )
-            raise DocumentError("timeout", msg) from exc
-        except (MemoryError, OSError):
-            raise  # the machine's problem (memory, full disk, missing poppler), not the document's
-        except Exception as exc:  # pdf2image raises bare exceptions for poppler failures
-            raise DocumentError("render_failed", f"{type(exc).__name__}: {exc}") from exc
+        width, height = (size[1], size[0]) if sideways else size
+        pages = ["-f", str(first), "-l", str(last)]
+        scale = ["-scale-to-x", str(width), "-scale-to-y", str(height)]
+        result = self._poppler(["pdftoppm", *pages, *scale, "-cropbox", str(pdf_path), str(out_dir / "page")])
+        paths = sorted(out_dir.glob("page-*.ppm"))  # zero-padded page numbers: name order is page order
         if len(paths) != last - first + 1:
-            msg = f"pdftoppm produced {len(paths)} images for pages {first}-{last}"
+            stderr = result.stderr.decode("utf-8", "replace").strip()
+            msg = (
+                f"pdftoppm produced {len(paths)} images for pages {first}-{last}: {stderr[-300:] or result.returncode}"
+            )
             raise DocumentError("render_failed", msg)
         out = []
         for path in paths:
-            data = Path(path).read_bytes()
+            with Image.open(path) as image:
+                image.load()
+                out.append((self._encode(image), image.size, self._thumbnail(image)))
             Path(path).unlink()
-            out.append((data, size))
         return out
 
-    def _thumbnail(self, image_bytes: bytes) -> bytes | None:
+    def _encode(self, image: Image.Image) -> bytes:
+        buffer = bytes_io.BytesIO()
+        if self.image_format == "jpeg":
+            image.save(buffer, format="JPEG", quality=self.jpeg_quality)
+        else:
+            image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        return buffer.getvalue()
+
+    def _thumbnail(self, image: Image.Image) -> bytes | None:
         if not self.thumbnail_px:
             return None
-        with Image.open(bytes_io.BytesIO(image_bytes)) as image:
-            image.thumbnail((self.thumbnail_px, self.thumbnail_px), Image.Resampling.BILINEAR)
-            if image.mode not in ("RGB", "L"):  # JPEG has no alpha or palette
-                image = image.convert("RGB")
-            out = bytes_io.BytesIO()
-            image.save(out, format="JPEG", quality=70)
-        return out.getvalue()
+        small = image.copy()
+        small.thumbnail((self.thumbnail_px, self.thumbnail_px), Image.Resampling.BILINEAR)
+        if small.mode not in ("RGB", "L"):  # JPEG has no alpha or palette
+            small = small.convert("RGB")
+        buffer = bytes_io.BytesIO()
+        small.save(buffer, format="JPEG", quality=70)
+        return buffer.getvalue()
 
     def _texts(self, pdf_path: Path, first: int, last: int) -> list[str]:
         if not self.extract_text:

@@ -4,6 +4,7 @@ import io
 import subprocess
 
 import pytest
+from pdf2image import convert_from_path
 from PIL import Image
 
 from pipelines import ids
@@ -35,7 +36,7 @@ def test_pages_render_at_the_budget_with_text_and_stable_ids(shared_corpus):
     for row in rows:
         assert row["error_type"] is None if "error_type" in row else True
         image = Image.open(io.BytesIO(row["image"]))
-        assert image.format == "PNG"
+        assert image.format == "JPEG"  # the default between stages (rasterize.image_format)
         assert image.size == (row["image_width"], row["image_height"])
         assert image.width * image.height <= BUDGET
         assert row["doc_id"] == ids.doc_id_from_bytes(data)
@@ -65,13 +66,20 @@ def test_rotated_pages_render_landscape(shared_corpus):
         )
     )
     assert rows and all(r["image_width"] > r["image_height"] for r in rows[:1])
+    for row in rows:  # pages turned by /Rotate 90/270 keep their aspect ratio (not stretched)
+        assert Image.open(io.BytesIO(row["image"])).size == (row["image_width"], row["image_height"])
+        aspect = row["image_width"] / row["image_height"]
+        assert aspect == pytest.approx(row["width_pt"] / row["height_pt"], rel=0.01)
 
 
-def test_jpeg_pages(shared_corpus):
-    rows = RasterizeStage(max_pixels=BUDGET, image_format="jpeg").rasterize_document(
-        (shared_corpus / "001-trivial_minimal-document.pdf").as_uri()
-    )
-    assert Image.open(io.BytesIO(rows[0]["image"])).format == "JPEG"
+def test_png_pages_are_lossless_renders(shared_corpus):
+    uri = (shared_corpus / "001-trivial_minimal-document.pdf").as_uri()
+    png = RasterizeStage(max_pixels=BUDGET, image_format="png").rasterize_document(uri)[0]
+    image = Image.open(io.BytesIO(png["image"]))
+    assert image.format == "PNG"
+    path = (shared_corpus / "001-trivial_minimal-document.pdf").as_posix()
+    [direct] = convert_from_path(path, size=image.size, use_cropbox=True)
+    assert image.convert("RGB").tobytes() == direct.convert("RGB").tobytes()  # exactly poppler's pixels
 
 
 @pytest.mark.parametrize(
