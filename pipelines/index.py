@@ -36,6 +36,12 @@ ERRORS_DIR = "errors"
 REPORT_FILE = "run_report.json"
 CONFIG_FILE = "config.yaml"
 
+#: Schema of each table, and the columns deciding which of its rows are visible (pipelines.ledger).
+TABLES = {
+    PAGES_DIR: (schema.PAGES_TABLE_SCHEMA, ["doc_id", "page_id", "source_uri"]),
+    ERRORS_DIR: (schema.ERRORS_TABLE_SCHEMA, ["doc_id", "source_uri", "page_number"]),
+}
+
 
 class IndexLocation:
     """Paths of one index on one filesystem."""
@@ -137,12 +143,11 @@ class IndexLocation:
     def iter_visible(self, name: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """The ``pages`` or ``errors`` table one part file at a time, holding only the rows that belong
         to the index (committed documents, each page once; see :mod:`pipelines.ledger`)."""
-        table_schema = schema.PAGES_TABLE_SCHEMA if name == PAGES_DIR else schema.ERRORS_TABLE_SCHEMA
+        table_schema, keys = TABLES[name]
         visibility = ledger.Ledger(self).visibility()
         if visibility is None:
             yield from self.iter_parts(name, table_schema, columns)
             return
-        keys = ["doc_id", "page_id", "source_uri"] if name == PAGES_DIR else ["doc_id", "source_uri", "page_number"]
         read_columns = None if columns is None else list(dict.fromkeys([*columns, *keys]))
         seen: set = set()
         for path, table in self.iter_part_files(name, table_schema, read_columns):
@@ -153,8 +158,7 @@ class IndexLocation:
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         """Read ``pages`` or ``errors`` as one table of visible rows (empty table with the schema if absent)."""
-        table_schema = schema.PAGES_TABLE_SCHEMA if name == PAGES_DIR else schema.ERRORS_TABLE_SCHEMA
-        return _concat(list(self.iter_visible(name, columns)), table_schema, columns)
+        return _concat(list(self.iter_visible(name, columns)), TABLES[name][0], columns)
 
     def iter_page_parts(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """The pages table one part file at a time (bounded memory for large indexes)."""
@@ -178,10 +182,7 @@ class IndexLocation:
         counts = {"parts_rewritten": 0, "parts_deleted": 0, "rows_dropped": 0}
         if visibility is None:
             return counts
-        for name, table_schema, keys in (
-            (PAGES_DIR, schema.PAGES_TABLE_SCHEMA, ["doc_id", "page_id", "source_uri"]),
-            (ERRORS_DIR, schema.ERRORS_TABLE_SCHEMA, ["doc_id", "source_uri", "page_number"]),
-        ):
+        for name, (table_schema, keys) in TABLES.items():
             seen: set = set()
             for path, table in self.iter_part_files(name, table_schema, keys, tags=tags):
                 tag = ledger.part_tag(path)

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import failpoints, ids, io, schema
@@ -541,7 +540,3 @@ def with_canonical_uris(pages: pa.Table, visibility: Visibility) -> pa.Table:
         return pages
     index = pages.column_names.index("source_uri")
     return pages.set_column(index, pages.schema.field(index), pa.array(fixed, pa.string()))
-
-
-def is_empty(mask: pa.Array) -> bool:
-    return not pc.any(mask).as_py()
