@@ -17,3 +17,9 @@ def setup_logging(level: str) -> None:
 def fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def error(message: str, code: int = 2) -> int:
+    """Print ``error: <message>`` to stderr and return ``code``: in-process job functions return it."""
+    print(f"error: {message}", file=sys.stderr)
+    return code

@@ -21,9 +21,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from jobs._common import fail, setup_logging
+from jobs._common import error, setup_logging
 from jobs.feed import EXIT_BLOCKED, blocked_help
-from pipelines.pipeline import ConfigError, run_index
+from pipelines.driver import run_index
+from pipelines.errors import ConfigError
 
 logger = logging.getLogger("jobs.index")
 
@@ -76,29 +77,42 @@ def print_summary(report: dict) -> None:
     print("\n".join(lines))
 
 
-@hydra.main(config_path="../conf", config_name="index", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    setup_logging(cfg.log_level)
+def run(cfg: DictConfig) -> int:
+    """Run the index job in this process: print the summary, return the exit status (see the module docstring)."""
     try:
         report = run_index(cfg)
     except (ConfigError, FileNotFoundError, PermissionError) as exc:
-        fail(str(exc))
+        return error(str(exc))
     print_summary(report)
+    return exit_status(report)
+
+
+def exit_status(report: dict) -> int:
+    """The job's exit status for a run report, printing why it is not 0."""
     if report["files_unaccounted"]:
-        fail(f"{len(report['files_unaccounted'])} input files are unaccounted for", code=1)
+        return error(f"{len(report['files_unaccounted'])} input files are unaccounted for", code=1)
     vespa = report.get("vespa")
     if vespa and vespa["blocked"]:
-        fail(blocked_help(vespa), code=EXIT_BLOCKED)
+        return error(blocked_help(vespa), code=EXIT_BLOCKED)
     if vespa and not vespa["complete"]:
-        fail(f"{vespa['failures_total']} Vespa operations failed; run jobs.feed on this index to retry them", code=1)
+        return error(
+            f"{vespa['failures_total']} Vespa operations failed; run jobs.feed on this index to retry them", code=1
+        )
     if report["error_rate_exceeded"]:
-        fail(
+        return error(
             f"{report['files_failed_entirely']} of {report['files_listed']} files failed "
             f"({report['failed_rate']:.1%}), "
             f"over max_error_rate={report['max_error_rate']}; see the errors above",
             code=EXIT_TOO_MANY_ERRORS,
         )
+    return 0
+
+
+@hydra.main(config_path="../conf", config_name="index", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    setup_logging(cfg.log_level)
+    sys.exit(run(cfg))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -13,7 +13,7 @@ Queries are evaluated when they have at least one relevant page; the rest are re
 
 Also accepted, and converted to the above on the fly:
 
-* the sample corpus (:mod:`pipelines.corpus`): ``queries.jsonl`` lines ``{"query", "file_name",
+* the sample corpus (:mod:`pipelines.testing.corpus`): ``queries.jsonl`` lines ``{"query", "file_name",
   "page_number"}`` and no ``qrels/``; query ids are ``q001``, ``q002``… in file order, each with its
   one answering page as the only relevant page.
 * a ViDoRe BEIR parquet dataset: ``<root>/{corpus,queries,qrels}/<split>-*.parquet`` with columns
@@ -195,7 +195,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _sample_queries(records: list[dict], path: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Sample-corpus queries (one answering page each) as BEIR queries and qrels."""
-    from pipelines.corpus import load_queries
+    from pipelines.testing.corpus import load_queries
 
     try:
         sample = load_queries(path)  # validates every line
@@ -312,6 +312,8 @@ def _convert_parquet(url: str, out: Path, split: str, storage_options: dict, ima
     import fsspec
     import pyarrow.parquet as pq
 
+    from pipelines.io import read_parquet
+
     # A previous conversion (another dataset or split, or an interrupted one) must leave no PDFs behind.
     shutil.rmtree(out / "corpus", ignore_errors=True)
     try:
@@ -328,12 +330,12 @@ def _convert_parquet(url: str, out: Path, split: str, storage_options: dict, ima
         queries = {}
         for path in parts["queries"]:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=["query-id", "query"])
+                table = read_parquet(f, ["query-id", "query"])
             queries.update(zip(map(str, table["query-id"].to_pylist()), table["query"].to_pylist(), strict=True))
         qrels: dict[str, dict[str, int]] = {}
         for path in parts["qrels"]:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=["query-id", "corpus-id", "score"])
+                table = read_parquet(f, ["query-id", "corpus-id", "score"])
             columns = (table[name].to_pylist() for name in ("query-id", "corpus-id", "score"))
             for qid, cid, score in zip(*columns, strict=True):
                 qrels.setdefault(str(qid), {})[f"{_file_stem(cid)}#1"] = int(score)
@@ -342,9 +344,9 @@ def _convert_parquet(url: str, out: Path, split: str, storage_options: dict, ima
         for path in parts["corpus"]:
             with fs.open(path, "rb") as f:
                 # Row group by row group: a corpus file holds hundreds of MB of page images.
-                parquet = pq.ParquetFile(f)
+                parquet = pq.ParquetFile(f)  # read on this thread only: see pipelines.io.read_parquet
                 for group in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(group, columns=["corpus-id", "image"])
+                    table = parquet.read_row_group(group, columns=["corpus-id", "image"], use_threads=False)
                     for cid, image in zip(table["corpus-id"].to_pylist(), table["image"].to_pylist(), strict=True):
                         image_to_pdf(_image_bytes(image), corpus_dir / f"{_file_stem(cid)}.pdf", image_dpi)
     except DatasetError:
@@ -355,7 +357,7 @@ def _convert_parquet(url: str, out: Path, split: str, storage_options: dict, ima
             f"cannot read the parquet dataset {url!r} from {where} ({type(exc).__name__}: {str(exc)[:300]}). "
             "Without access to it, copy the dataset's corpus/, queries/ and qrels/ parquet files to a local "
             "directory and set dataset=<that directory>, or use the local layout (corpus/*.pdf, queries.jsonl, "
-            "qrels/<split>.tsv; see jobs/evaluate.py)"
+            "qrels/<split>.tsv; see benchmarks/evaluation.py)"
         )
         raise DatasetError(msg) from exc
     with open(out / "queries.jsonl", "w", encoding="utf-8") as f:

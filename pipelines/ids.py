@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 DOC_ID_HEX_CHARS = 32  # 128 bits of sha256: collision-free at any corpus size we will see
@@ -34,3 +36,26 @@ def config_hash(settings: dict[str, Any]) -> str:
     """
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def affects_vectors(key: str | None = None, when: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+    """Metadata for a config dataclass field whose value changes a page's vectors.
+
+    Such fields make up the config hash (:func:`vector_settings`): ``key`` names the field there
+    (default: its own name); with ``when``, the value counts only when ``when(config)`` is true (it
+    is recorded as None otherwise, e.g. a JPEG quality while pages are PNG).
+    """
+    return {"affects_vectors": True, "hash_key": key, "hash_when": when}
+
+
+def vector_settings(*configs: Any) -> dict[str, Any]:
+    """The values of every field marked with :func:`affects_vectors` in the given config dataclasses."""
+    out: dict[str, Any] = {}
+    for config in configs:
+        for spec in dataclasses.fields(config):
+            if not spec.metadata.get("affects_vectors"):
+                continue
+            when = spec.metadata.get("hash_when")
+            value = getattr(config, spec.name) if when is None or when(config) else None
+            out[spec.metadata.get("hash_key") or spec.name] = value
+    return out

@@ -15,9 +15,11 @@ import posixpath
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +227,33 @@ def content_hash(uri: str, storage_options: Mapping[str, Any] | None = None, chu
 def file_stem(uri: str) -> str:
     """The file name of a path or URL without its suffix (``s3://b/x/report.pdf`` -> ``report``)."""
     return posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
+
+
+def read_parquet(handle: IO[bytes], columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+    """A Parquet file from an open (fsspec) file object, read and decoded on the calling thread only.
+
+    Use this, never ``pq.read_table(handle)``: given a Python file object, that runs a dataset scan whose
+    tasks on Arrow's thread pools still hold buffers of Python objects after it has returned, and they
+    release them (which takes the GIL) whenever they get to run. If the interpreter is finalizing by
+    then, Python ends that pool thread inside a C++ destructor and the process aborts with
+    "terminate called without an active exception" (SIGABRT) after its work is done
+    (apache/arrow#33975, #34314). ``ParquetFile(pre_buffer=False).read(use_threads=False)`` starts no
+    thread and drops every reference before returning.
+
+    With ``schema``, the result has its fields (those in ``columns``, in that order, if given): columns
+    the file lacks come back as nulls and the others are cast, as ``pq.read_table(schema=...)`` does.
+    """
+    parquet = pq.ParquetFile(handle, pre_buffer=False)
+    present = set(parquet.schema_arrow.names)
+    unknown = [name for name in columns or () if name not in (present if schema is None else schema.names)]
+    if unknown:
+        msg = f"no column {unknown} in {'the file' if schema is None else 'the schema'}"
+        raise pa.ArrowInvalid(msg)
+    if schema is None:
+        return parquet.read(columns=columns, use_threads=False)
+    fields = [schema.field(name) for name in (schema.names if columns is None else columns)]
+    table = parquet.read(columns=[f.name for f in fields if f.name in present], use_threads=False)
+    arrays = [
+        table.column(f.name).cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in fields
+    ]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))

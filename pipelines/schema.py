@@ -60,6 +60,12 @@ PAGE_SCHEMA = pa.schema(
         pa.field("error_stage", pa.string()),
         pa.field("error_type", pa.string()),
         pa.field("error_message", pa.large_string()),
+        # pool (pooling.rerank_pool_factor): the float re-ranking vectors when they are pooled differently from
+        # ``embedding`` (null otherwise: ``embedding`` is then the re-ranking vectors too)
+        pa.field("n_rerank_vectors", pa.int32()),
+        pa.field("rerank_embedding", pa.binary()),  # float16 (n_rerank_vectors, 128)
+        # rasterize: the renderer that produced the page image (poppler | pdfium); null on error rows
+        pa.field("renderer", pa.string()),
     ]
 )
 
@@ -83,6 +89,9 @@ INDEX_PAGE_COLUMNS = [
     "binary",
     "model",
     "config_hash",
+    "n_rerank_vectors",
+    "rerank_embedding",
+    "renderer",
 ]
 
 #: Columns written to the index's ``errors`` table.

@@ -1,25 +1,54 @@
-"""Local search over an index, with the same two-phase MaxSim ranking the Vespa profile runs.
+"""Search an index: encode queries with the index's model, rank pages locally or in Vespa.
 
-First phase (every page): hamming MaxSim over binary vectors. For query token ``q`` and page patch
-``d`` the similarity is ``1 / (1 + hamming(bits(q), bits(d)))``; a page scores the sum over query
-tokens of the max over its patches. Second phase (top ``rerank_count`` pages): float query ×
-``unpack_bits(d)`` (0/1 per bit) MaxSim. The ``float`` profile is exact MaxSim over the stored
-float16 vectors, for evaluation.
+:class:`Searcher` is the one entry point for "encode the query, rank, return pages" (the search job
+and the evaluation both use it). It is built from config (:meth:`Searcher.from_config`: an index
+location, or a Vespa endpoint) or from parts, loads its query encoder once, and answers a list of
+queries (or pre-encoded query vectors) with :class:`PageHit` lists, best first, the same fields from
+either backend. Errors are raised, never turned into exits: :class:`~pipelines.errors.ConfigError`
+for unusable settings, ``FileNotFoundError`` when there is no index, :class:`SearchError` when Vespa
+cannot answer.
+
+:class:`LocalIndex` is the local backend, with the same ranking the Vespa profiles run.
+
+* Retrieval: ``all`` pages, or Vespa's ``nearest_neighbor``: for each of the first ``max_query_tokens``
+  query tokens, the ``target_hits`` pages whose closest binary vector is nearest in hamming distance
+  (exact here, HNSW in Vespa), and the union of those pages is what the phases rank.
+* First phase (every retrieved page): hamming MaxSim over binary vectors. For query token ``q`` and
+  page patch ``d`` the similarity is ``1 / (1 + hamming(bits(q), bits(d)))``; a page scores the sum over
+  query tokens of the max over its patches.
+* Second phase (top ``rerank_count`` pages of the first phase): ``two_phase`` is exact MaxSim of the float
+  query over the stored float re-ranking vectors (``rerank_embedding`` when the index has it, e.g.
+  unpooled, else ``embedding``); ``two_phase_unpacked`` is float query × ``unpack_bits(d)`` (0/1 per bit)
+  MaxSim, for indexes fed without float vectors.
+* ``float`` is exact MaxSim over the float re-ranking vectors of every page; ``binary`` the first phase only.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from omegaconf import DictConfig, OmegaConf
 
-from pipelines import schema
+from pipelines import index, schema
+from pipelines.errors import ConfigError
 from pipelines.stages.compress import binarize, unpack_bits
 
-PROFILES = ("two_phase", "float", "binary")
+if TYPE_CHECKING:
+    from pipelines.models.encoder import MultiVectorEncoder
+    from pipelines.vespa.client import VespaEndpoint
+    from pipelines.vespa.query import VespaQuerySettings
+
+PROFILES = ("two_phase", "two_phase_unpacked", "float", "binary")
+#: Profiles whose ranking reads the float re-ranking vectors.
+FLOAT_PROFILES = ("two_phase", "float", "hybrid")
+#: How candidates are found: every page, or per-token nearest neighbours over the binary vectors (Vespa's way).
+RETRIEVALS = ("all", "nearest_neighbor")
 #: Vectors per first-phase chunk: its (tokens, n) uint64 temporary then stays within L2 cache.
 CHUNK_VECTORS = 8192
 #: Vectors per float-profile chunk: bounds the float32 copy of float16 rows to 32 MiB.
@@ -35,8 +64,10 @@ class Hit:
 class LocalIndex:
     """All pages of an index in memory as flat vector arrays with per-page offsets.
 
-    ``binary`` is ``(V, 16)`` uint8, ``embedding`` ``(V, 128)`` float16 (loaded only when needed),
-    and ``offsets[i]:offsets[i+1]`` are page ``i``'s rows. ``threads`` bounds the worker threads of
+    ``binary`` is ``(V, 16)`` uint8 (the candidate vectors; ``offsets[i]:offsets[i+1]`` are page ``i``'s
+    rows) and ``embedding`` the float16 ``(W, 128)`` re-ranking vectors (``float_offsets``; loaded only
+    when needed): the ``rerank_embedding`` column when the index stores one (``pooling.rerank_pool_factor``),
+    else ``embedding``, whose rows then share ``offsets``. ``threads`` bounds the worker threads of
     the first phase (numpy releases the GIL inside its loops, so chunks of pages score in parallel).
 
     Scoring works on page-aligned chunks of vectors so that temporaries stay small (cache-sized for
@@ -45,7 +76,8 @@ class LocalIndex:
     """
 
     def __init__(self, pages: pa.Table, load_float: bool = True, threads: int | None = None):
-        self.pages = pages.drop_columns([c for c in ("embedding", "binary") if c in pages.column_names])
+        vector_columns = ("embedding", "binary", "rerank_embedding")
+        self.pages = pages.drop_columns([c for c in vector_columns if c in pages.column_names])
         counts = np.asarray(pages.column("n_vectors").to_numpy(zero_copy_only=False), dtype=np.int64)
         if (counts < 1).any():
             msg = "every indexed page must have at least one vector"
@@ -56,24 +88,34 @@ class LocalIndex:
         # The two 64-bit words of every vector as two contiguous rows: hamming distance is then two
         # XORs and two popcounts over contiguous memory for all query tokens at once.
         self._words = np.ascontiguousarray(self.binary.view(np.uint64).T)
+        # Separate re-ranking vectors: an index written with pooling.rerank_pool_factor (older parts read as nulls).
+        self.separate_rerank = "rerank_embedding" in pages.column_names and pages.column(
+            "rerank_embedding"
+        ).null_count < len(pages)
+        self.float_offsets = self.offsets
+        if self.separate_rerank:
+            float_counts = np.asarray(pages.column("n_rerank_vectors").to_numpy(zero_copy_only=False), dtype=np.int64)
+            self.float_offsets = np.concatenate([[0], np.cumsum(float_counts)])
         self.embedding = None
         if load_float:
-            self.embedding = _column_bytes(pages.column("embedding")).view("<f2").reshape(-1, schema.EMBEDDING_DIM)
-            _check_rows(self.embedding, self.offsets, "embedding")
+            column = "rerank_embedding" if self.separate_rerank else "embedding"
+            self.embedding = _column_bytes(pages.column(column)).view("<f2").reshape(-1, schema.EMBEDDING_DIM)
+            _check_rows(self.embedding, self.float_offsets, column)
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
         self._chunks = _page_chunks(self.offsets, CHUNK_VECTORS)
-        self._float_chunks = _page_chunks(self.offsets, FLOAT_CHUNK_VECTORS)
+        self._float_chunks = _page_chunks(self.float_offsets, FLOAT_CHUNK_VECTORS)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def hamming_maxsim(self, query: np.ndarray) -> np.ndarray:
-        """First-phase score of every page for float query vectors ``(q, 128)``."""
+    def nearest_distances(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(nearest, token_code)``: ``nearest[c, p]`` is the smallest hamming distance between the
+        sign bits of distinct query code ``c`` and any binary vector of page ``p``; query token ``t``
+        has code ``token_code[t]``."""
         # Tokens with identical sign bits have identical distances: score each distinct code once.
         query_words = np.ascontiguousarray(binarize(query)).view(np.uint64)  # (q, 2)
         codes, token_code = np.unique(query_words, axis=0, return_inverse=True)
         first_word, second_word = codes[:, :1].copy(), codes[:, 1:].copy()
-        # nearest[c, p]: the smallest hamming distance between code c and any patch of page p.
         nearest = np.empty((len(codes), len(self)), dtype=np.uint8)
 
         def score_chunk(chunk: tuple[int, int]) -> None:
@@ -83,7 +125,6 @@ class LocalIndex:
             distance = np.bitwise_count(xor)  # uint8: at most 128
             np.bitwise_xor(self._words[1, start:stop], second_word, out=xor)
             distance += np.bitwise_count(xor)
-            # 1/(1+d) falls as d grows, so the max similarity over a page is at its min distance.
             nearest[:, first:last] = np.minimum.reduceat(distance, self.offsets[first:last] - start, axis=1)
 
         if self.threads > 1 and len(self._chunks) > 1:
@@ -92,50 +133,129 @@ class LocalIndex:
         else:
             for chunk in self._chunks:
                 score_chunk(chunk)
-        scores = np.zeros(len(self), dtype=np.float64)
-        for code in token_code.reshape(-1):  # token by token, the summation order of the rank expression
-            scores += 1.0 / (1.0 + nearest[code].astype(np.float64))
-        return scores
+        return nearest, token_code.reshape(-1)
+
+    def hamming_maxsim(self, query: np.ndarray) -> np.ndarray:
+        """First-phase score of every page for float query vectors ``(q, 128)``."""
+        return _hamming_scores(*self.nearest_distances(query))
+
+    def nearest_neighbor_candidates(
+        self, query: np.ndarray, target_hits: int = 100, max_query_tokens: int = 64, nearest=None
+    ) -> np.ndarray:
+        """Pages Vespa's retrieval matches: the union over the first ``max_query_tokens`` query tokens of
+        the ``target_hits`` pages nearest to the token (smallest hamming distance to any of their binary
+        vectors; ties by page order), sorted. Exact, where Vespa's HNSW is approximate."""
+        nearest, token_code = nearest if nearest is not None else self.nearest_distances(query)
+        codes = np.unique(token_code[:max_query_tokens])
+        k = min(target_hits, len(self))
+        found = []
+        for code in codes:
+            distance = nearest[code]
+            if k >= len(self):
+                found.append(np.arange(len(self)))
+                continue
+            # The k-th smallest distance may be shared by more pages than fit: keep the lowest page indexes.
+            kth = np.partition(distance, k - 1)[k - 1]
+            below = np.flatnonzero(distance < kth)
+            found += [below, np.flatnonzero(distance == kth)[: k - len(below)]]
+        return np.unique(np.concatenate(found)) if found else np.arange(0)
 
     def _maxsim(self, query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         similarity = query.astype(np.float32) @ vectors.T  # (q, V)
         return np.maximum.reduceat(similarity, offsets[:-1], axis=1).sum(axis=0, dtype=np.float64)
 
+    def _maxsim_of_pages(self, query: np.ndarray, page_indexes: np.ndarray, unpacked: bool) -> np.ndarray:
+        """MaxSim of the given pages, over their float vectors or their unpacked bits, in bounded chunks."""
+        offsets = self.offsets if unpacked else self.float_offsets
+        if not unpacked and self.embedding is None:
+            msg = "index was loaded without float vectors (load_float=False)"
+            raise ValueError(msg)
+        page_indexes = np.asarray(page_indexes, dtype=np.int64)
+        counts = offsets[page_indexes + 1] - offsets[page_indexes]
+        scores = np.empty(len(page_indexes), dtype=np.float64)
+        first = 0
+        while first < len(page_indexes):
+            # Whole pages up to about FLOAT_CHUNK_VECTORS rows (at least one page).
+            total = np.cumsum(counts[first:])
+            last = first + max(1, int(np.searchsorted(total, FLOAT_CHUNK_VECTORS, side="right")))
+            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in page_indexes[first:last]])
+            vectors = unpack_bits(self.binary[rows]) if unpacked else self.embedding[rows].astype(np.float32)
+            chunk_offsets = np.concatenate([[0], np.cumsum(counts[first:last])])
+            scores[first:last] = self._maxsim(query, vectors, chunk_offsets)
+            first = last
+        return scores
+
     def unpacked_maxsim(self, query: np.ndarray, page_indexes: np.ndarray) -> np.ndarray:
-        """Second-phase score (float query × unpacked bits) of the given pages."""
-        rows = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in page_indexes]
-        counts = np.array([len(r) for r in rows])
-        vectors = unpack_bits(self.binary[np.concatenate(rows)])
-        return self._maxsim(query, vectors, np.concatenate([[0], np.cumsum(counts)]))
+        """``two_phase_unpacked`` second phase (float query × unpacked bits) of the given pages."""
+        return self._maxsim_of_pages(query, page_indexes, unpacked=True)
+
+    def float_maxsim_of(self, query: np.ndarray, page_indexes: np.ndarray) -> np.ndarray:
+        """``two_phase`` second phase: exact MaxSim of the given pages over their float re-ranking vectors."""
+        return self._maxsim_of_pages(query, page_indexes, unpacked=False)
 
     def float_maxsim(self, query: np.ndarray) -> np.ndarray:
-        """Exact MaxSim of every page over its stored float16 vectors."""
+        """Exact MaxSim of every page over its stored float16 re-ranking vectors."""
         if self.embedding is None:
             msg = "index was loaded without float vectors (load_float=False)"
             raise ValueError(msg)
         scores = np.empty(len(self), dtype=np.float64)
         # One chunk of float16 rows converted at a time: a float32 copy of the whole index would
         # double its memory.
+        offsets = self.float_offsets
         for first, last in self._float_chunks:
-            start, stop = self.offsets[first], self.offsets[last]
+            start, stop = offsets[first], offsets[last]
             vectors = self.embedding[start:stop].astype(np.float32)
-            scores[first:last] = self._maxsim(query, vectors, self.offsets[first : last + 1] - start)
+            scores[first:last] = self._maxsim(query, vectors, offsets[first : last + 1] - start)
         return scores
 
-    def search(self, query: np.ndarray, top_k: int = 10, profile: str = "two_phase", rerank_count: int = 100):
-        """Top ``top_k`` pages for one query's vectors, best first, as :class:`Hit` list."""
+    def search(
+        self,
+        query: np.ndarray,
+        top_k: int = 10,
+        profile: str = "two_phase",
+        rerank_count: int = 100,
+        retrieval: str = "all",
+        target_hits: int = 100,
+        max_query_tokens: int = 64,
+    ) -> list[Hit]:
+        """Top ``top_k`` pages for one query's vectors, best first, as :class:`Hit` list.
+
+        ``retrieval`` picks the pages the phases rank (``all``, or ``nearest_neighbor`` with
+        ``target_hits`` per query token, as Vespa's query does); the ``float`` profile ranks the
+        retrieved pages by exact MaxSim alone.
+        """
         if profile not in PROFILES:
             msg = f"profile must be one of {PROFILES}, got {profile!r}"
             raise ValueError(msg)
+        if retrieval not in RETRIEVALS:
+            msg = f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}"
+            raise ValueError(msg)
         if len(self) == 0:
             return []
-        if profile == "float":
+        if profile == "float" and retrieval == "all":
             return _top(self.float_maxsim(query), np.arange(len(self)), top_k)
-        first = self.hamming_maxsim(query)
+        nearest = self.nearest_distances(query)
+        if retrieval == "all":
+            matched = np.arange(len(self))
+        else:
+            matched = self.nearest_neighbor_candidates(query, target_hits, max_query_tokens, nearest)
+        if profile == "float":
+            return _top(self.float_maxsim_of(query, matched), matched, top_k)
+        first = _hamming_scores(*nearest)[matched]
         if profile == "binary":
-            return _top(first, np.arange(len(self)), top_k)
-        candidates = _top_indexes(first, max(rerank_count, top_k))
-        return _top(self.unpacked_maxsim(query, candidates), candidates, top_k)
+            return _top(first, matched, top_k)
+        candidates = matched[_top_indexes(first, max(rerank_count, top_k))]
+        if profile == "two_phase_unpacked":
+            return _top(self.unpacked_maxsim(query, candidates), candidates, top_k)
+        return _top(self.float_maxsim_of(query, candidates), candidates, top_k)
+
+
+def _hamming_scores(nearest: np.ndarray, token_code: np.ndarray) -> np.ndarray:
+    """sum over query tokens of ``1 / (1 + nearest distance)``: the first phase of every page."""
+    scores = np.zeros(nearest.shape[1], dtype=np.float64)
+    for code in token_code:  # token by token, the summation order of the rank expression
+        scores += 1.0 / (1.0 + nearest[code].astype(np.float64))
+    return scores
 
 
 def _top_indexes(scores: np.ndarray, k: int) -> np.ndarray:
@@ -188,3 +308,248 @@ def _page_chunks(offsets: np.ndarray, target_vectors: int) -> list[tuple[int, in
         chunks.append((first, end))
         first = end
     return chunks
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Searcher: encode queries, rank locally or in Vespa
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: The fields of every :class:`PageHit`: the local index's columns, and the summary fields Vespa returns.
+HIT_FIELDS = ("page_id", "doc_id", "source_uri", "page_number", "title", "text", "model")
+
+
+class SearchError(RuntimeError):
+    """The search backend could not answer (Vespa returned an error or could not be reached)."""
+
+
+@dataclass
+class PageHit:
+    """One ranked page: its score and summary fields, the same from the local index and from Vespa."""
+
+    score: float
+    page_id: str
+    doc_id: str | None
+    source_uri: str
+    page_number: int
+    title: str | None
+    text: str | None
+    model: str | None
+    #: Row of the page in the local index (``None`` for Vespa hits).
+    page_index: int | None = None
+
+
+@dataclass
+class QueryModel:
+    """Which model encodes the queries and where it runs (the search config's ``model`` group)."""
+
+    name: str
+    name_or_path: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def load(self) -> MultiVectorEncoder:
+        from pipelines.models.encoder import MultiVectorEncoder
+
+        return MultiVectorEncoder(self.name, self.name_or_path, self.cache_dir, self.device, self.dtype)
+
+
+class Searcher:
+    """Ranks pages for queries over a :class:`LocalIndex` or in Vespa, with one query encoder.
+
+    Give exactly one backend: ``local`` (an in-memory index; ``model_name`` is then the index's
+    model, reported on every hit) or ``endpoint`` (a configured Vespa endpoint, with
+    ``query_settings``). ``profile``, ``top_k`` and ``rerank_count`` are defaults that each call may
+    override; ``retrieval``, ``target_hits`` and ``max_query_tokens`` choose the local candidates (Vespa
+    takes them from ``query_settings``). The encoder is ``encoder`` when given (to share one between searchers), else
+    ``model.load()`` on first use, once. ``index_model`` is the model name local hits report
+    (the index's own; default: the ``model`` column of the pages).
+    """
+
+    def __init__(
+        self,
+        model: QueryModel,
+        *,
+        local: LocalIndex | None = None,
+        endpoint: VespaEndpoint | None = None,
+        query_settings: VespaQuerySettings | None = None,
+        profile: str = "two_phase",
+        top_k: int = 10,
+        rerank_count: int = 100,
+        encoder: MultiVectorEncoder | None = None,
+        index_model: str | None = None,
+        retrieval: str = "all",
+        target_hits: int = 100,
+        max_query_tokens: int = 64,
+    ):
+        if (local is None) == (endpoint is None):
+            msg = "a Searcher needs exactly one backend: a local index or a Vespa endpoint"
+            raise ValueError(msg)
+        self.model = model
+        self.local = local
+        self.endpoint = endpoint
+        self.query_settings = query_settings
+        self.top_k = int(top_k)
+        self.rerank_count = int(rerank_count)
+        if retrieval not in RETRIEVALS or int(target_hits) < 1 or int(max_query_tokens) < 1:
+            msg = (
+                f"retrieval must be one of {RETRIEVALS} (got {retrieval!r}); target_hits and max_query_tokens >= 1 "
+                f"(got {target_hits}, {max_query_tokens})"
+            )
+            raise ConfigError(msg)
+        self.retrieval = retrieval
+        self.target_hits = int(target_hits)
+        self.max_query_tokens = int(max_query_tokens)
+        self._encoder = encoder
+        self.index_model = index_model
+        self.profile = self.check_profile(profile)
+
+    @property
+    def backend(self) -> str:
+        return "local" if self.local is not None else "vespa"
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """Rank profiles this backend knows (``hybrid`` needs Vespa's BM25)."""
+        from pipelines.vespa.query import PROFILES as VESPA_PROFILES
+
+        return PROFILES if self.local is not None else VESPA_PROFILES
+
+    def check_profile(self, profile: str) -> str:
+        """``profile`` if this backend has it; else :class:`ConfigError` naming the choices."""
+        if profile not in self.profiles:
+            where = "a local index (hybrid needs Vespa's BM25)" if self.local is not None else "Vespa"
+            msg = f"profile must be one of {self.profiles} for {where}, got {profile!r}"
+            raise ConfigError(msg)
+        return profile
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Searcher:
+        """The searcher the search job's config (``conf/search.yaml``) describes.
+
+        With ``vespa.endpoint.url`` set, ranks in Vespa, encoding with the index's model (``index``
+        read only for its config) or ``model.name``; otherwise loads the index at ``index``.
+        Raises :class:`ConfigError` on bad settings and ``FileNotFoundError`` when there is no index
+        to search (or to read the model from).
+        """
+        from pipelines.vespa import config as vespa_config
+        from pipelines.vespa import query as vespa_query
+
+        endpoint = vespa_config.endpoint(cfg, required=False)
+        query_settings = vespa_config.settings(cfg, "query")
+        profiles = vespa_query.PROFILES if endpoint.configured else PROFILES
+        if cfg.profile not in profiles:
+            where = "Vespa" if endpoint.configured else "a local index (hybrid needs Vespa's BM25)"
+            msg = f"profile must be one of {profiles} for {where}, got {cfg.profile!r}"
+            raise ConfigError(msg)
+        location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
+        index_cfg = _read_index_config(location)
+        options = {"profile": str(cfg.profile), "top_k": int(cfg.top_k), "rerank_count": int(cfg.rerank_count)}
+        local_options = {
+            "retrieval": str(cfg.get("retrieval") or "all"),
+            "target_hits": int(cfg.get("target_hits") or 100),
+            "max_query_tokens": int(query_settings.max_query_tokens),
+        }
+        if endpoint.configured:
+            if not cfg.model.name and index_cfg is None:
+                msg = (
+                    f"no index at {cfg.index!r} to read the model from; "
+                    "set model.name=<the model the index was built with>"
+                )
+                raise FileNotFoundError(msg)
+            model = _query_model(cfg, index_cfg)
+            return cls(model, endpoint=endpoint, query_settings=query_settings, **options)
+        if index_cfg is None:
+            msg = f"no index at {cfg.index!r} (expected {index.CONFIG_FILE}); run jobs.index first or set index=<path>"
+            raise FileNotFoundError(msg)
+        local = LocalIndex(location.read_pages(), load_float=cfg.profile in FLOAT_PROFILES)
+        # Local hits carry the index's own model name, whatever ``model.name`` says.
+        model = _query_model(cfg, index_cfg)
+        return cls(model, local=local, index_model=str(index_cfg.model.name), **options, **local_options)
+
+    @property
+    def encoder(self) -> MultiVectorEncoder:
+        """The query encoder, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = self.model.load()
+        return self._encoder
+
+    def encode(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """Token vectors ``(q, 128)`` of each query."""
+        return self.encoder.embed_queries(list(queries))
+
+    def search(self, queries: Sequence[str], **options: Any) -> list[list[PageHit]]:
+        """Ranked hits for each query text, in order (see :meth:`search_vectors` for ``options``)."""
+        return self.search_vectors(self.encode(queries), texts=list(queries), **options)
+
+    def search_vectors(
+        self,
+        vectors: Sequence[np.ndarray],
+        texts: Sequence[str | None] | None = None,
+        profile: str | None = None,
+        top_k: int | None = None,
+        rerank_count: int | None = None,
+    ) -> list[list[PageHit]]:
+        """Ranked hits for each pre-encoded query, in order.
+
+        ``texts`` are the queries' words (Vespa's ``hybrid`` profile adds BM25 over them);
+        ``profile``, ``top_k`` and ``rerank_count`` override this searcher's defaults. Raises
+        :class:`SearchError` when Vespa cannot answer.
+        """
+        profile = self.check_profile(profile or self.profile)
+        top_k = self.top_k if top_k is None else int(top_k)
+        rerank_count = self.rerank_count if rerank_count is None else int(rerank_count)
+        if self.local is not None:
+            options = {"retrieval": self.retrieval, "target_hits": self.target_hits}
+            options["max_query_tokens"] = self.max_query_tokens
+            return [self._local_hits(self.local.search(v, top_k, profile, rerank_count, **options)) for v in vectors]
+        from pipelines.vespa import query as vespa_query
+
+        settings = self.query_settings or vespa_query.VespaQuerySettings()
+        texts = list(texts) if texts is not None else [None] * len(vectors)
+        try:
+            answers = vespa_query.search(
+                self.endpoint,
+                list(zip(vectors, texts, strict=True)),
+                profile,
+                top_k,
+                settings,
+                rerank_count=rerank_count,
+            )
+        except vespa_query.VespaQueryError as exc:
+            msg = f"Vespa at {self.endpoint.safe_url}: {exc}"
+            raise SearchError(msg) from exc
+        return [[PageHit(**{**hit, "model": hit.get("model") or self.model.name}) for hit in hits] for hits in answers]
+
+    def _local_hits(self, hits: list[Hit]) -> list[PageHit]:
+        if not hits:
+            return []
+        pages = self.local.pages
+        columns = [name for name in HIT_FIELDS if name in pages.column_names]
+        rows = pages.take([hit.page_index for hit in hits]).select(columns).to_pylist()
+        return [
+            PageHit(
+                **{**dict.fromkeys(HIT_FIELDS), **row, "model": self.index_model or row.get("model")},
+                score=hit.score,
+                page_index=hit.page_index,
+            )
+            for hit, row in zip(hits, rows, strict=True)
+        ]
+
+
+def _read_index_config(location: index.IndexLocation) -> DictConfig | None:
+    try:
+        return OmegaConf.create(location.read_text(index.CONFIG_FILE))
+    except FileNotFoundError:
+        return None
+
+
+def _query_model(cfg: DictConfig, index_cfg: DictConfig | None) -> QueryModel:
+    """The index's own model (``model.name`` overrides it); paths from the config, else from the index."""
+    if cfg.model.name:
+        name, name_or_path, cache_dir = cfg.model.name, cfg.model.name_or_path, cfg.model.cache_dir
+    else:
+        name = index_cfg.model.name
+        name_or_path = cfg.model.name_or_path or index_cfg.model.name_or_path
+        cache_dir = cfg.model.cache_dir or index_cfg.model.cache_dir
+    return QueryModel(str(name), name_or_path, cache_dir, str(cfg.model.device), str(cfg.model.dtype))

@@ -1,10 +1,12 @@
 """Shared fixtures.
 
 - ``shared_corpus``: the 32 real-world PDFs in ``../shared/corpus/py-pdf-sample-files`` (CC-BY-SA).
-- ``sample_corpus``: the generated sample corpus (pipelines.corpus), once per session.
+- ``sample_corpus``: the generated sample corpus (pipelines.testing.corpus), once per session.
 - ``tiny_model_dir``: the random-weight TEST model, built offline once per session into a temp cache
   and loaded through the same ``from_pretrained`` path as real checkpoints.
 - ``ray_cluster``: one local 2-CPU Ray instance per session (Ray start-up costs seconds).
+- ``sample_index``: the sample corpus indexed once per session by the index job, in-process, with the
+  in-process backend and the default config (pool factor 3), and what the job printed.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def tiny_model_dir(model_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> Path:
-    from pipelines.corpus import generate_sample_corpus
+    from pipelines.testing.corpus import generate_sample_corpus
 
     out = tmp_path_factory.mktemp("sample-corpus")
     generate_sample_corpus(out)
@@ -59,8 +61,25 @@ def sample_corpus(tmp_path_factory) -> Path:
 def ray_cluster(model_cache):
     import ray
 
-    from pipelines.pipeline import _worker_env
+    from pipelines.backends import worker_env
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": _worker_env()}, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_index(sample_corpus, tiny_model_dir, tmp_path_factory) -> tuple[Path, str]:
+    import contextlib
+    import io
+
+    from jobs.index import run
+    from tests.helpers import index_config
+
+    out = tmp_path_factory.mktemp("sample-index")
+    printed = io.StringIO()
+    cfg = index_config(f"source.location={sample_corpus}", f"output.location={out}", "backend=local")
+    with contextlib.redirect_stdout(printed):
+        status = run(cfg)
+    assert status == 0, printed.getvalue()
+    return out, printed.getvalue()

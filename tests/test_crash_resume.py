@@ -2,7 +2,7 @@
 index holds every page exactly once, nothing is lost, and finished work was not redone.
 
 Kill points: after some blocks are written (mid-document), between the ledger rows and the commit
-marker, in the middle of compaction (named failpoints, ``pipelines.failpoints``); and on Ray, a worker
+marker, in the middle of compaction (named failpoints, ``pipelines.testing.failpoints``); and on Ray, a worker
 killed right after writing a block (the retried task writes it again) plus the whole driver process
 tree killed from outside while pages are being written.
 """
@@ -15,17 +15,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pipelines import index, ledger, schema
-from pipelines.corpus import EXPECTED_PAGE_COUNTS
+from pipelines import index, schema
+from pipelines.index import ledger
+from pipelines.testing.corpus import EXPECTED_PAGE_COUNTS
+from tests.helpers import start_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TOTAL_PAGES = sum(EXPECTED_PAGE_COUNTS.values())
 RAY = ["backend=ray", "ray.num_cpus=2"]
 
@@ -40,14 +40,13 @@ def source(sample_corpus, tmp_path) -> Path:
 
 
 def job(source: Path, out: Path, *overrides: str, failpoints: str = "", once_dir: Path | None = None, **popen):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PIPELINES_FAILPOINTS": failpoints}
+    """Start the index CLI (a process, because these tests kill it)."""
+    env = {"PIPELINES_FAILPOINTS": failpoints}
     if once_dir is not None:
         env["PIPELINES_FAILPOINTS_ONCE_DIR"] = str(once_dir)
-    args = [sys.executable, "-m", "jobs.index", "model=tiny", f"source.location={source}", f"output.location={out}"]
+    args = ["model=tiny", f"source.location={source}", f"output.location={out}"]
     args += ["rasterize.window_pages=2", *overrides]  # documents span several blocks
-    return subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
-    )
+    return start_cli("jobs.index", *args, env=env, **popen)
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:

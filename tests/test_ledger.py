@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import ids, index, io, ledger, schema
+from pipelines import ids, index, io, schema
 from pipelines.errors import ConfigError
+from pipelines.index import ledger
+from pipelines.index.writer import PartWriter
 from pipelines.stages.compress import binarize
 
 
@@ -62,7 +64,7 @@ def error_row(file: io.SourceFile, error_type: str, page: int | None = None, pag
 
 
 def write(location: index.IndexLocation, rows: list[dict], run_id: str) -> None:
-    location.write_block(schema.rows_to_table(rows), "tiny", "cfg", run_id=run_id)
+    PartWriter(location, "tiny", "cfg", run_id).write(schema.rows_to_table(rows))
 
 
 @pytest.fixture

@@ -9,19 +9,18 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 import s3fs
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipelines import index, ledger
-from pipelines.corpus import EXPECTED_PAGE_COUNTS
-from pipelines.pipeline import run_index
+from pipelines import index
+from pipelines.driver import run_index
+from pipelines.index import ledger
+from pipelines.testing.corpus import EXPECTED_PAGE_COUNTS
+from tests.helpers import index_config
 from tests.s3_server import Fault, FaultProxy, MotoS3, storage_options
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 NEW_PDF = "002-trivial-libre-office-writer_002-trivial-libre-office-writer.pdf"
 CHANGED_PDF = "001-trivial_minimal-document.pdf"
 
@@ -37,10 +36,7 @@ def s3(endpoint: str) -> s3fs.S3FileSystem:
 
 
 def cfg_for(source: str, output: str, source_endpoint: str | None, output_endpoint: str | None, extra=()):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "index", overrides=["model=tiny", f"source.location={source}", f"output.location={output}", *extra]
-        )
+    cfg = index_config(f"source.location={source}", f"output.location={output}", *extra)
     if source_endpoint:
         OmegaConf.update(cfg, "source.storage_options", storage_options(source_endpoint), force_add=True)
     if output_endpoint:

@@ -17,25 +17,22 @@ import pyarrow.compute as pc
 import pytest
 import torch
 from colpali_engine.compression.token_pooling import HierarchicalTokenPooler
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from pipelines import index, schema
-from pipelines.corpus import EXPECTED_PAGE_COUNTS
+from pipelines.driver import run_index
 from pipelines.errors import ConfigError
 from pipelines.models.encoder import MultiVectorEncoder
 from pipelines.models.tiny import TINY_MAX_PIXELS
-from pipelines.pipeline import run_index
 from pipelines.search import LocalIndex
 from pipelines.stages.compress import binarize
 from pipelines.stages.rasterize import RasterizeStage
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from pipelines.testing.corpus import EXPECTED_PAGE_COUNTS
+from tests.helpers import index_config
 
 
 def index_cfg(overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("index", overrides=["model=tiny", *overrides])
+    return index_config(*overrides)
 
 
 @pytest.fixture(scope="module")
@@ -198,15 +195,26 @@ def test_resource_plan_that_cannot_schedule_fails_instead_of_hanging(ray_cluster
 
 
 def test_config_hash_changes_with_anything_that_changes_vectors():
-    from pipelines.pipeline import build_plan
+    from pipelines.config import load_index_config
 
-    base = build_plan(index_cfg(["source.location=/x"])).config_hash
+    def config_hash(*overrides: str) -> str:
+        return load_index_config(index_cfg(["source.location=/x", *overrides])).config_hash()
+
+    base = config_hash()
     changes = [
         "pooling.pool_factor=2",
         "model.dtype=bfloat16",
         "rasterize.max_pixels=99999",
         "model.name=colsmol-256m",
+        "rasterize.image_format=png",
+        "rasterize.jpeg_quality=80",
+        "rasterize.max_dpi=150",
     ]
     for override in changes:
-        assert build_plan(index_cfg(["source.location=/x", override])).config_hash != base, override
-    assert build_plan(index_cfg(["source.location=/x", "ray.stages.embed.batch_size=4"])).config_hash == base
+        assert config_hash(override) != base, override
+    assert config_hash("ray.stages.embed.batch_size=4") == base
+    assert config_hash("rasterize.window_pages=4", "model.micro_batch_size=2") == base
+    # JPEG quality only matters while pages travel as JPEG.
+    assert config_hash("rasterize.image_format=png", "rasterize.jpeg_quality=80") == config_hash(
+        "rasterize.image_format=png"
+    )

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipelines import schema
-from pipelines.search import LocalIndex
+from pipelines.errors import ConfigError
+from pipelines.search import LocalIndex, QueryModel, Searcher
 from pipelines.stages.compress import binarize
 
 
@@ -13,7 +14,8 @@ def unit(rng, n):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def make_index(pages):
+def make_index(pages, rerank=None):
+    """A LocalIndex of ``pages`` (candidate vectors); with ``rerank``, separate float re-ranking vectors per page."""
     rows = [
         {
             "page_id": f"doc{i}-p1",
@@ -25,6 +27,9 @@ def make_index(pages):
         }
         for i, p in enumerate(pages)
     ]
+    for row, vectors in zip(rows, rerank or [], strict=False):
+        row["rerank_embedding"] = vectors.astype("<f2").tobytes()
+        row["n_rerank_vectors"] = len(vectors)
     table = schema.rows_to_table(rows).select(schema.INDEX_PAGE_COLUMNS)
     return LocalIndex(table)
 
@@ -72,29 +77,86 @@ def test_second_phase_and_float_profile_match_literal_maxsim(corpus):
     np.testing.assert_allclose(index.float_maxsim(query), [reference_float_maxsim(query, p) for p in pages], rtol=1e-5)
 
 
-def test_two_phase_reranks_first_phase_candidates(corpus):
+@pytest.mark.parametrize(
+    ("profile", "reference"),
+    [("two_phase", reference_float_maxsim), ("two_phase_unpacked", reference_unpacked_maxsim)],
+)
+def test_two_phase_reranks_first_phase_candidates(corpus, profile, reference):
     pages, index, query = corpus
     first = index.hamming_maxsim(query)
-    hits = index.search(query, top_k=2, rerank_count=3)
+    hits = index.search(query, top_k=2, profile=profile, rerank_count=3)
     top3 = set(np.argsort(-first)[:3])
     assert {h.page_index for h in hits} <= top3
-    rescored = {i: reference_unpacked_maxsim(query, pages[i]) for i in top3}
+    rescored = {i: reference(query, pages[i]) for i in top3}
     assert [h.page_index for h in hits] == sorted(rescored, key=lambda i: -rescored[i])[:2]
+    np.testing.assert_allclose([h.score for h in hits], [rescored[h.page_index] for h in hits], rtol=1e-5)
 
 
-@pytest.mark.parametrize("profile", ["two_phase", "float", "binary"])
-def test_a_pages_own_vectors_rank_it_first(corpus, profile):
+def test_separate_rerank_vectors_serve_the_float_phases_and_binary_the_first():
+    rng = np.random.default_rng(3)
+    rerank = [unit(rng, n) for n in (9, 4, 20, 13)]
+    candidates = [r[: max(1, len(r) // 3)] for r in rerank]  # stand-ins for pooled vectors: fewer rows per page
+    index = make_index(candidates, rerank)
+    query = unit(rng, 5)
+    assert index.separate_rerank and index.embedding.shape[0] == sum(len(r) for r in rerank)
+    np.testing.assert_allclose(index.hamming_maxsim(query), [reference_hamming_maxsim(query, p) for p in candidates])
+    expected = [reference_float_maxsim(query, r) for r in rerank]
+    np.testing.assert_allclose(index.float_maxsim(query), expected, rtol=1e-5)
+    np.testing.assert_allclose(index.float_maxsim_of(query, np.array([2, 0])), [expected[2], expected[0]], rtol=1e-5)
+    hits = index.search(query, top_k=4, rerank_count=4)
+    assert [h.page_index for h in hits] == list(np.argsort(-np.array(expected), kind="stable"))
+    # Without the column (an index written before it, or with rerank_pool_factor unset) embedding re-ranks.
+    plain = make_index(candidates)
+    assert not plain.separate_rerank
+    np.testing.assert_allclose(plain.float_maxsim(query), [reference_float_maxsim(query, p) for p in candidates])
+
+
+def reference_nearest_neighbor(query, pages, target_hits):
+    """Vespa's retrieval written out: per query token, the target_hits pages with the nearest patch (ties by order)."""
+    matched = set()
+    for q in binarize(query):
+        distance = [
+            min(sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(q, d, strict=True)) for d in binarize(p))
+            for p in pages
+        ]
+        matched |= set(sorted(range(len(pages)), key=lambda i: (distance[i], i))[:target_hits])
+    return sorted(matched)
+
+
+@pytest.mark.parametrize("target_hits", [1, 2, 4, 100])
+def test_nearest_neighbor_retrieval_is_the_union_of_each_tokens_nearest_pages(corpus, target_hits):
+    pages, index, query = corpus
+    expected = reference_nearest_neighbor(query, pages, target_hits)
+    assert index.nearest_neighbor_candidates(query, target_hits).tolist() == expected
+    assert index.nearest_neighbor_candidates(query, target_hits, max_query_tokens=1).tolist() == (
+        reference_nearest_neighbor(query[:1], pages, target_hits)
+    )
+    # The phases rank only the retrieved pages, with the same scores as over every page.
+    for profile in ("binary", "two_phase", "float"):
+        hits = index.search(query, 10, profile, 2, retrieval="nearest_neighbor", target_hits=target_hits)
+        assert {h.page_index for h in hits} <= set(expected)
+        everything = {h.page_index: h.score for h in index.search(query, 10, profile, 100)}
+        if profile != "two_phase":
+            assert all(everything[h.page_index] == pytest.approx(h.score) for h in hits)
+
+
+@pytest.mark.parametrize("retrieval", ["all", "nearest_neighbor"])
+@pytest.mark.parametrize("profile", ["two_phase", "two_phase_unpacked", "float", "binary"])
+def test_a_pages_own_vectors_rank_it_first(corpus, profile, retrieval):
     pages, index, _ = corpus
     for i, page in enumerate(pages):
         if len(page) < 5:
             continue  # a 1-vector page's query is too short to be distinctive
-        assert index.search(page[:5], top_k=1, profile=profile)[0].page_index == i
+        hits = index.search(page[:5], top_k=1, profile=profile, retrieval=retrieval, target_hits=1)
+        assert hits[0].page_index == i
 
 
 def test_unknown_profile_fails_with_choices(corpus):
     _, index, query = corpus
     with pytest.raises(ValueError, match="two_phase"):
         index.search(query, profile="nope")
+    with pytest.raises(ValueError, match="nearest_neighbor"):
+        index.search(query, retrieval="hnsw")
 
 
 def test_chunked_threaded_scoring_of_a_multi_chunk_table_equals_the_literal_math(monkeypatch):
@@ -146,3 +208,49 @@ def test_vector_bytes_that_disagree_with_n_vectors_fail():
     ).select(schema.INDEX_PAGE_COLUMNS)
     with pytest.raises(ValueError, match="n_vectors sums to 5"):
         LocalIndex(table)
+
+
+class FakeEncoder:
+    """Stands in for the model: each query text names the page whose vectors it returns."""
+
+    def __init__(self, pages):
+        self.pages = pages
+        self.calls = 0
+
+    def embed_queries(self, queries):
+        self.calls += 1
+        return [self.pages[int(q.removeprefix("page "))] for q in queries]
+
+
+def test_searcher_ranks_like_the_local_index_and_returns_page_fields(corpus):
+    pages, index, _ = corpus
+    encoder = FakeEncoder(pages)
+    searcher = Searcher(QueryModel("tiny"), local=index, top_k=3, encoder=encoder, index_model="tiny")
+    hits = searcher.search(["page 1", "page 5"])
+    assert encoder.calls == 1 and len(hits) == 2
+    for target, query_hits in zip((1, 5), hits, strict=True):
+        expected = index.search(pages[target], 3, "two_phase", 100)
+        assert [(h.page_index, h.score) for h in query_hits] == [(e.page_index, e.score) for e in expected]
+        first = query_hits[0]
+        assert (first.page_id, first.source_uri, first.page_number) == (
+            f"doc{target}-p1",
+            f"file:///doc{target}.pdf",
+            1,
+        )
+        assert first.model == "tiny" and first.text is None
+    # Per-call overrides of the defaults, on pre-encoded vectors.
+    [float_hits] = searcher.search_vectors([pages[3]], profile="float", top_k=1)
+    assert [h.page_index for h in float_hits] == [3]
+
+
+def test_searcher_refuses_unknown_profiles_and_a_missing_backend(corpus):
+    _, index, _ = corpus
+    with pytest.raises(ConfigError, match="hybrid needs Vespa"):
+        Searcher(QueryModel("tiny"), local=index, profile="hybrid")
+    searcher = Searcher(QueryModel("tiny"), local=index)
+    with pytest.raises(ConfigError, match="profile must be one of"):
+        searcher.search_vectors([np.zeros((1, 128), np.float32)], profile="bm25")
+    with pytest.raises(ValueError, match="exactly one backend"):
+        Searcher(QueryModel("tiny"))
+    with pytest.raises(ConfigError, match="retrieval must be one of"):
+        Searcher(QueryModel("tiny"), local=index, retrieval="hnsw")

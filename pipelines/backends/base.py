@@ -1,11 +1,21 @@
-"""What a backend is given: the stages, how to schedule each, and where results go."""
+"""The executor protocol: what a backend is given (stages, their scheduling, a writer) and returns.
+
+Every backend has one signature, ``execute(sources, plan, writer)``: ``sources`` is a table of one
+row per input file (:data:`pipelines.schema.SOURCE_SCHEMA`), ``plan`` the stages in order with
+their resources, ``writer`` the :data:`BlockWriter` each finished block of page records goes to.
+It returns the writer's summed counts plus :data:`STAGE_SECONDS`. Backends are chosen by name
+(:func:`pipelines.backends.create`); only :mod:`pipelines.backends.ray_data` imports Ray.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
+
+from pipelines.stages.base import Stage
 
 
 @dataclass
@@ -38,9 +48,56 @@ class StageResources:
             raise ValueError(msg)
 
 
+@dataclass
+class RayStages:
+    """Per-stage scheduling on Ray (the ``ray.stages`` config node); one field per stage name."""
+
+    rasterize: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=1))
+    embed: StageResources = field(default_factory=lambda: StageResources(num_cpus=1, batch_size=16, concurrency=1))
+    pool: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.25, batch_size=16, concurrency=1))
+    binarize: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.25, batch_size=16))
+
+
+@dataclass
+class RayConfig:
+    """The ``ray`` config node: where Ray runs and how each stage is scheduled on it."""
+
+    #: null: start a local Ray instance; "auto" or ray://host:10001: join a cluster.
+    address: str | None = None
+    num_cpus: int | None = None  # local instance only; null = all cores
+    object_store_memory: int | None = None  # local instance only; bytes
+    max_source_blocks: int = 1000
+    progress_bars: bool | None = None  # null = only when stderr is a terminal
+    stages: RayStages = field(default_factory=RayStages)
+
+
+@dataclass
+class StagePlan:
+    """The stages of a run in order, and the scheduling of each (by stage name)."""
+
+    stages: list[Stage]
+    resources: dict[str, StageResources] = field(default_factory=dict)
+
+    def resources_of(self, stage: Stage) -> StageResources:
+        return self.resources.get(stage.name, StageResources())
+
+
 #: Receives each finished block of page records; returns counts to add to the run report.
 BlockWriter = Callable[[pa.Table], dict[str, int]]
 
 #: Key of the per-stage timings a backend adds to its returned totals: ``{stage name or "write": seconds}``,
 #: time spent processing batches (one-time setup such as model loading excluded).
 STAGE_SECONDS = "stage_seconds"
+
+
+class Backend(Protocol):
+    """An executor of a :class:`StagePlan`."""
+
+    name: ClassVar[str]
+
+    def start(self, plan: StagePlan) -> None:
+        """Connect to (or start) the compute, and fail fast with :class:`~pipelines.errors.ConfigError`
+        when ``plan`` can never be scheduled. Called before the index is touched."""
+
+    def execute(self, sources: pa.Table, plan: StagePlan, writer: BlockWriter) -> dict[str, Any]:
+        """Run ``plan`` over ``sources``, sending every finished block to ``writer``; returns summed counts."""

@@ -13,13 +13,15 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Datasink, TaskPoolStrategy
 from ray.data.datasource.datasink import WriteResult
 
-from pipelines.backends.base import STAGE_SECONDS, BlockWriter, StageResources
+from pipelines.backends.base import STAGE_SECONDS, BlockWriter, RayConfig, StagePlan
 from pipelines.errors import ConfigError
 from pipelines.stages.base import Stage
 
@@ -62,8 +64,97 @@ class IndexDatasink(Datasink[dict]):
         return "PageIndex"
 
 
-def init_ray(address: str | None, num_cpus: int | None, object_store_memory: int | None, env_vars: dict) -> None:
-    """Connect to a cluster (``address``) or start a local one sized by ``num_cpus``."""
+@dataclass
+class RayDataBackend:
+    """Runs a stage plan as a Ray Data pipeline on a local instance or a cluster (``config.address``)."""
+
+    name: ClassVar[str] = "ray"
+    config: RayConfig = field(default_factory=RayConfig)
+    #: Environment of every Ray worker (importable package, offline hub settings, failpoints).
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def start(self, plan: StagePlan) -> None:
+        """Connect to a cluster (``address``) or start a local one sized by ``num_cpus``; then check
+        that ``plan`` fits (:func:`check_resources_fit`)."""
+        init_ray(self.config.address, self.config.num_cpus, self.config.object_store_memory, self.env_vars)
+        check_resources_fit(plan)
+
+    def execute(self, sources: pa.Table, plan: StagePlan, writer: BlockWriter) -> dict:
+        """Run ``plan`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts.
+
+        The result also has :data:`~pipelines.backends.base.STAGE_SECONDS` (per-stage seconds, see
+        :func:`_stage_seconds`) when Ray Data's stats can be matched to the stages.
+        """
+        dataset = self._dataset(sources, plan)
+        sink = IndexDatasink(writer)
+        # The write runs as tasks after the last stage; with the same CPU request Ray fuses it into that
+        # stage (and it must fit beside the actor pools, like any task stage).
+        last = plan.resources_of(plan.stages[-1]).num_cpus if plan.stages else 1.0
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": last})
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("ray data execution stats:\n%s", dataset.stats())
+        stage_seconds = _stage_seconds(dataset, plan.stages)
+        if stage_seconds is None:
+            return sink.totals
+        return {**sink.totals, STAGE_SECONDS: stage_seconds}
+
+    def _dataset(self, sources: pa.Table, plan: StagePlan) -> ray.data.Dataset:
+        """The lazy dataset: one block per source file (up to a cap), one ``map_batches`` per stage."""
+        ctx = DataContext.get_current()
+        progress = self.config.progress_bars
+        ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
+        # Split the time of fused operators (binarize->write) per stage in Ray Data's stats, for
+        # ``stage_seconds``; it costs one number per stage on each block's metadata.
+        ctx.per_stage_map_timing = True
+        # Per-file rows are tiny; one block per file (up to a cap) lets rasterization spread over workers.
+        # (Slicing on the driver rather than repartitioning: a shuffle stage would need whole CPUs that the
+        # actor pools may already hold.)
+        n_blocks = max(1, min(sources.num_rows, self.config.max_source_blocks))
+        rows_per_block = -(-sources.num_rows // n_blocks)
+        blocks = [sources.slice(start, rows_per_block) for start in range(0, sources.num_rows, rows_per_block)]
+        dataset = ray.data.from_arrow(blocks)
+        for stage in plan.stages:
+            dataset = _map_stage(dataset, stage, plan)
+        return dataset
+
+
+def _map_stage(dataset: ray.data.Dataset, stage: Stage, plan: StagePlan) -> ray.data.Dataset:
+    """``dataset`` followed by ``stage``: on an actor pool when the stage is stateful, else as tasks."""
+    res = plan.resources_of(stage)
+    remote_args: dict = {"num_cpus": res.num_cpus}
+    if res.num_gpus:
+        remote_args["num_gpus"] = res.num_gpus
+    if res.memory_bytes:
+        remote_args["memory"] = res.memory_bytes
+    if res.threads is not None:
+        threads = str(res.threads or os.cpu_count() or 1)
+        remote_args["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}
+    if stage.stateful:
+        # max_restarts is Ray Data's actor default anyway; stating it also keeps Ray from fusing
+        # the upstream CPU stage into this actor (fusion needs identical remote args), which
+        # would run rasterization inside the model's actor pool one batch at a time.
+        remote_args["max_restarts"] = -1
+        return dataset.map_batches(
+            _StageActor,
+            fn_constructor_args=(stage,),
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=res.concurrency or 1),
+            udf_modifying_row_count=stage.changes_row_count,
+            **remote_args,
+        )
+    return dataset.map_batches(
+        stage,
+        batch_size=res.batch_size,
+        batch_format="pyarrow",
+        compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None,
+        udf_modifying_row_count=stage.changes_row_count,
+        **remote_args,
+    )
+
+
+def init_ray(address: str | None, num_cpus: int | None, object_store_memory: int | None, env_vars: Mapping) -> None:
+    """Connect to a cluster (``address``) or start a local one sized by ``num_cpus`` (no-op when connected)."""
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
@@ -79,7 +170,7 @@ def init_ray(address: str | None, num_cpus: int | None, object_store_memory: int
         )
 
 
-def check_resources_fit(stages: list[Stage], resources: Mapping[str, StageResources]) -> None:
+def check_resources_fit(plan: StagePlan) -> None:
     """Fail fast when actor pools would reserve so much that task stages can never be scheduled.
 
     Actors hold their CPUs/GPUs for the whole run; if what is left cannot fit one task of every
@@ -88,96 +179,22 @@ def check_resources_fit(stages: list[Stage], resources: Mapping[str, StageResour
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     actor_cpus = actor_gpus = 0.0
-    for stage in stages:
-        res = resources.get(stage.name, StageResources())
+    for stage in plan.stages:
+        res = plan.resources_of(stage)
         if stage.stateful:
             actor_cpus += res.num_cpus * (res.concurrency or 1)
             actor_gpus += res.num_gpus * (res.concurrency or 1)
     if actor_gpus > gpus:
         msg = f"actor pools need {actor_gpus} GPUs but the cluster has {gpus}; lower ray.stages.*.num_gpus/concurrency"
         raise ConfigError(msg)
-    for stage in stages:
-        res = resources.get(stage.name, StageResources())
+    for stage in plan.stages:
+        res = plan.resources_of(stage)
         if not stage.stateful and actor_cpus + res.num_cpus > cpus + 1e-9:
             msg = (
                 f"actor pools reserve {actor_cpus} of {cpus} CPUs, leaving no room for a {res.num_cpus}-CPU "
                 f"{stage.name!r} task; lower ray.stages.<stage>.num_cpus or concurrency (or add CPUs)"
             )
             raise ConfigError(msg)
-
-
-def execute(
-    sources: pa.Table,
-    stages: list[Stage],
-    resources: Mapping[str, StageResources],
-    write_block: BlockWriter,
-    max_source_blocks: int = 1000,
-    progress_bars: bool | None = None,
-) -> dict:
-    """Run ``stages`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts.
-
-    The result also has :data:`~pipelines.backends.base.STAGE_SECONDS` (per-stage seconds, see
-    :func:`_stage_seconds`) when Ray Data's stats can be matched to the stages.
-
-    Call :func:`check_resources_fit` first: a plan that cannot be scheduled makes Ray Data wait forever.
-    """
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
-    # Split the time of fused operators (binarize->write) per stage in Ray Data's stats, for
-    # ``stage_seconds``; it costs one number per stage on each block's metadata.
-    ctx.per_stage_map_timing = True
-    # Per-file rows are tiny; one block per file (up to a cap) lets rasterization spread over workers.
-    # (Slicing on the driver rather than repartitioning: a shuffle stage would need whole CPUs that the
-    # actor pools may already hold.)
-    n_blocks = max(1, min(sources.num_rows, max_source_blocks))
-    rows_per_block = -(-sources.num_rows // n_blocks)
-    blocks = [sources.slice(start, rows_per_block) for start in range(0, sources.num_rows, rows_per_block)]
-    dataset = ray.data.from_arrow(blocks)
-    for stage in stages:
-        res = resources.get(stage.name, StageResources())
-        remote_args = {"num_cpus": res.num_cpus}
-        if res.num_gpus:
-            remote_args["num_gpus"] = res.num_gpus
-        if res.memory_bytes:
-            remote_args["memory"] = res.memory_bytes
-        if res.threads is not None:
-            threads = str(res.threads or os.cpu_count() or 1)
-            remote_args["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}
-        if stage.stateful:
-            size = res.concurrency or 1
-            # max_restarts is Ray Data's actor default anyway; stating it also keeps Ray from fusing
-            # the upstream CPU stage into this actor (fusion needs identical remote args), which
-            # would run rasterization inside the model's actor pool one batch at a time.
-            remote_args["max_restarts"] = -1
-            dataset = dataset.map_batches(
-                _StageActor,
-                fn_constructor_args=(stage,),
-                batch_size=res.batch_size,
-                batch_format="pyarrow",
-                compute=ActorPoolStrategy(size=size),
-                udf_modifying_row_count=stage.changes_row_count,
-                **remote_args,
-            )
-        else:
-            dataset = dataset.map_batches(
-                stage,
-                batch_size=res.batch_size,
-                batch_format="pyarrow",
-                compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None,
-                udf_modifying_row_count=stage.changes_row_count,
-                **remote_args,
-            )
-    sink = IndexDatasink(write_block)
-    # The write runs as tasks after the last stage; with the same CPU request Ray fuses it into that
-    # stage (and it must fit beside the actor pools, like any task stage).
-    last = resources.get(stages[-1].name, StageResources()) if stages else StageResources()
-    dataset.write_datasink(sink, ray_remote_args={"num_cpus": last.num_cpus})
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("ray data execution stats:\n%s", dataset.stats())
-    stage_seconds = _stage_seconds(dataset, stages)
-    if stage_seconds is None:
-        return sink.totals
-    return {**sink.totals, STAGE_SECONDS: stage_seconds}
 
 
 def _stage_seconds(dataset: ray.data.Dataset, stages: list[Stage]) -> dict[str, float] | None:

@@ -8,12 +8,37 @@ local directory that :mod:`pipelines.models.tiny` builds offline on first use.
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.ids import affects_vectors
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` config node: which registered model embeds pages, and where it runs.
+
+    ``micro_batch_size`` is pages per forward pass, independent of the Ray batch size (pages per
+    actor call). Fields marked :func:`~pipelines.ids.affects_vectors` are part of the config hash.
+    """
+
+    name: str = field(default="colqwen2.5-v0.2", metadata=affects_vectors(key="model"))
+    #: Local directory or hub id to load instead of the registry's (e.g. a pre-downloaded checkpoint).
+    name_or_path: str | None = field(default=None, metadata=affects_vectors())
+    #: Where locally built models (the tiny test model) are cached; None = $PIPELINES_CACHE_DIR or ~/.cache.
+    cache_dir: str | None = None
+    device: str = field(default="auto", metadata=affects_vectors())  # auto = cuda if available else cpu
+    dtype: str = field(default="auto", metadata=affects_vectors())  # auto = bfloat16 on GPU, float32 on CPU
+    micro_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1:
+            msg = f"model.micro_batch_size must be >= 1, got {self.micro_batch_size}"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -26,6 +51,7 @@ class ModelSpec:
 
     name: str
     hub_id: str | None
+    family: str  # colpali-engine's subpackage of the model family (colpali_engine.models.<family>)
     model_class: str
     processor_class: str
     max_pixels: int
@@ -41,13 +67,19 @@ _COLSMOL_BUDGET = 1536 * 1188
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec("colpali-v1.3", "vidore/colpali-v1.3", "ColPali", "ColPaliProcessor", _COLPALI_BUDGET),
-        ModelSpec("colqwen2-v1.0", "vidore/colqwen2-v1.0", "ColQwen2", "ColQwen2Processor", _QWEN_BUDGET),
-        ModelSpec("colqwen2.5-v0.2", "vidore/colqwen2.5-v0.2", "ColQwen2_5", "ColQwen2_5_Processor", _QWEN_BUDGET),
-        ModelSpec("colsmol-256m", "vidore/colSmol-256M", "ColIdefics3", "ColIdefics3Processor", _COLSMOL_BUDGET),
-        ModelSpec("colsmol-500m", "vidore/colSmol-500M", "ColIdefics3", "ColIdefics3Processor", _COLSMOL_BUDGET),
+        ModelSpec("colpali-v1.3", "vidore/colpali-v1.3", "paligemma", "ColPali", "ColPaliProcessor", _COLPALI_BUDGET),
+        ModelSpec("colqwen2-v1.0", "vidore/colqwen2-v1.0", "qwen2", "ColQwen2", "ColQwen2Processor", _QWEN_BUDGET),
+        ModelSpec(
+            "colqwen2.5-v0.2", "vidore/colqwen2.5-v0.2", "qwen2_5", "ColQwen2_5", "ColQwen2_5_Processor", _QWEN_BUDGET
+        ),
+        ModelSpec(
+            "colsmol-256m", "vidore/colSmol-256M", "idefics3", "ColIdefics3", "ColIdefics3Processor", _COLSMOL_BUDGET
+        ),
+        ModelSpec(
+            "colsmol-500m", "vidore/colSmol-500M", "idefics3", "ColIdefics3", "ColIdefics3Processor", _COLSMOL_BUDGET
+        ),
         # Random weights: proves the plumbing, ranks nothing meaningfully. Built offline on first use.
-        ModelSpec("tiny", None, "ColQwen2", "ColQwen2Processor", 0, is_test_model=True),
+        ModelSpec("tiny", None, "qwen2", "ColQwen2", "ColQwen2Processor", 0, is_test_model=True),
     ]
 }
 
@@ -61,7 +93,7 @@ def get_spec(name: str) -> ModelSpec:
     if spec.is_test_model:
         from pipelines.models import tiny
 
-        spec = ModelSpec(spec.name, None, spec.model_class, spec.processor_class, tiny.TINY_MAX_PIXELS, True)
+        spec = dataclasses.replace(spec, max_pixels=tiny.TINY_MAX_PIXELS)
     return spec
 
 
@@ -101,9 +133,9 @@ def pick_dtype(device: str, dtype: str = "auto"):
 
 def load_model(spec: ModelSpec, name_or_path: str, device: str = "auto", dtype: str = "auto"):
     """Load ``(model, processor)`` through ``from_pretrained``; the model is in eval mode on ``device``."""
-    models = importlib.import_module("colpali_engine.models")
-    model_cls = getattr(models, spec.model_class)
-    processor_cls = getattr(models, spec.processor_class)
+    from pipelines.models.colpali import model_classes
+
+    model_cls, processor_cls = model_classes(spec.family, spec.model_class, spec.processor_class)
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     model = model_cls.from_pretrained(name_or_path, dtype=torch_dtype, device_map=device).eval()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines import schema
+from pipelines.ids import affects_vectors
 from pipelines.stages.base import Stage
 
 
@@ -44,41 +45,71 @@ def unpack_bits(packed: np.ndarray) -> np.ndarray:
 class PoolStage(Stage):
     """Replace ``embedding`` with its pooled version and set ``n_vectors`` (``n_vectors_raw`` kept).
 
-    Runs on long-lived workers: importing colpali-engine (which imports every model family) costs
-    seconds, so it is paid once per worker in ``setup`` rather than per task.
+    ``pool_factor`` pools the candidate vectors (``embedding``, whose sign bits :class:`BinarizeStage`
+    packs into ``binary``: small, memory-resident, HNSW in Vespa). ``rerank_pool_factor`` pools the
+    float re-ranking vectors separately, from the same raw vectors, into ``rerank_embedding`` /
+    ``n_rerank_vectors`` (fed to Vespa's paged ``embedding_float``); ``None`` or equal to
+    ``pool_factor`` stores no second column (``embedding`` is then the re-ranking vectors).
+
+    Runs on long-lived workers: the pooler (colpali-engine's, imported without its model families,
+    see :mod:`pipelines.models.colpali`) is loaded once per worker in ``setup`` rather than per task.
     """
 
     name: ClassVar[str] = "pool"
     stateful: ClassVar[bool] = True
-    pool_factor: int = 1
+    pool_factor: int = field(default=1, metadata=affects_vectors())
+    rerank_pool_factor: int | None = field(default=None, metadata=affects_vectors())
 
     def __post_init__(self) -> None:
         if self.pool_factor < 1:
             msg = f"pooling.pool_factor must be >= 1 (1 turns pooling off), got {self.pool_factor}"
             raise ValueError(msg)
+        if self.rerank_pool_factor is not None and self.rerank_pool_factor < 1:
+            msg = (
+                "pooling.rerank_pool_factor must be >= 1 or null (null: the candidate vectors), "
+                f"got {self.rerank_pool_factor}"
+            )
+            raise ValueError(msg)
         self._pooler = None
 
-    def setup(self) -> None:
-        if self.pool_factor > 1 and self._pooler is None:
-            from colpali_engine.compression.token_pooling import HierarchicalTokenPooler
+    @property
+    def separate_rerank(self) -> bool:
+        """Whether re-ranking vectors are stored apart from the candidate vectors."""
+        return self.rerank_pool_factor is not None and self.rerank_pool_factor != self.pool_factor
 
-            self._pooler = HierarchicalTokenPooler()
+    def setup(self) -> None:
+        if max(self.pool_factor, self.rerank_pool_factor or 1) > 1 and self._pooler is None:
+            from pipelines.models.colpali import token_pooler_class
+
+            self._pooler = token_pooler_class()()
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        if self.pool_factor == 1:
+        if self.pool_factor == 1 and not self.separate_rerank:
             return batch
         self.setup()
         pooler = self._pooler
         embeddings = batch.column("embedding").to_pylist()
         counts = batch.column("n_vectors").to_pylist()
+        rerank = [None] * len(embeddings)
+        rerank_counts = [None] * len(embeddings)
         for i, buffer in enumerate(embeddings):
             if buffer is None:
                 continue
-            pooled = pool_vectors(pooler, schema.decode_embedding(buffer), self.pool_factor)
-            embeddings[i] = pooled.astype("<f2").tobytes()
-            counts[i] = int(pooled.shape[0])
+            raw = schema.decode_embedding(buffer)
+            if self.separate_rerank:
+                vectors = pool_vectors(pooler, raw, self.rerank_pool_factor)
+                rerank[i] = buffer if self.rerank_pool_factor == 1 else vectors.astype("<f2").tobytes()
+                rerank_counts[i] = int(vectors.shape[0])
+            if self.pool_factor > 1:
+                pooled = pool_vectors(pooler, raw, self.pool_factor)
+                embeddings[i] = pooled.astype("<f2").tobytes()
+                counts[i] = int(pooled.shape[0])
         batch = schema.with_column(batch, "embedding", embeddings)
-        return schema.with_column(batch, "n_vectors", counts)
+        batch = schema.with_column(batch, "n_vectors", counts)
+        if self.separate_rerank:
+            batch = schema.with_column(batch, "rerank_embedding", rerank)
+            batch = schema.with_column(batch, "n_rerank_vectors", rerank_counts)
+        return batch
 
 
 @dataclass
@@ -86,6 +117,8 @@ class BinarizeStage(Stage):
     """Add ``binary``: the packed sign bits of every (pooled) vector in ``embedding``."""
 
     name: ClassVar[str] = "binarize"
+    #: How vectors become bits (part of the config hash): one sign bit per dimension, packed big-endian.
+    encoding: ClassVar[str] = "sign-bits-big-endian"
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         packed = [

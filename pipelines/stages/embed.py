@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -11,6 +11,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipelines import schema
+from pipelines.models.registry import ModelConfig
 from pipelines.stages.base import Stage, error_fields
 
 
@@ -29,25 +30,18 @@ class EmbedStage(Stage):
     name: ClassVar[str] = "embed"
     stateful: ClassVar[bool] = True
 
-    model_name: str = "tiny"
-    name_or_path: str | None = None
-    cache_dir: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    micro_batch_size: int = 4
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
-        if self.micro_batch_size < 1:
-            msg = f"model.micro_batch_size must be >= 1, got {self.micro_batch_size}"
-            raise ValueError(msg)
         self._encoder = None
 
     def setup(self) -> None:
         from pipelines.models.encoder import MultiVectorEncoder
 
         if self._encoder is None:
+            model = self.model
             self._encoder = MultiVectorEncoder(
-                self.model_name, self.name_or_path, self.cache_dir, self.device, self.dtype
+                model.name, model.name_or_path, model.cache_dir, model.device, model.dtype
             )
 
     def __getstate__(self):
@@ -69,8 +63,8 @@ class EmbedStage(Stage):
             except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
                 rows[i].update(error_fields(self.name, "image_decode", f"{type(exc).__name__}: {exc}"))
         order = sorted(images, key=lambda i: images[i].width * images[i].height)
-        for start in range(0, len(order), self.micro_batch_size):
-            chunk = order[start : start + self.micro_batch_size]
+        for start in range(0, len(order), self.model.micro_batch_size):
+            chunk = order[start : start + self.model.micro_batch_size]
             for i, vectors in zip(chunk, self._embed_isolating(chunk, images, rows), strict=True):
                 if vectors is None:
                     continue
@@ -81,7 +75,7 @@ class EmbedStage(Stage):
                     continue
                 rows[i]["embedding"] = vectors.astype("<f2").tobytes()
                 rows[i]["n_vectors_raw"] = rows[i]["n_vectors"] = int(vectors.shape[0])
-                rows[i]["model"] = self.model_name
+                rows[i]["model"] = self.model.name
         return schema.rows_to_table(rows)
 
     def _embed_isolating(self, chunk: list[int], images: dict, rows: list[dict]) -> list[np.ndarray | None]:

@@ -1,15 +1,19 @@
 """The Vespa application package, defined once in code with pyvespa.
 
 One document per page (schema ``pdf_page``): binary patch vectors ``tensor<int8>(patch{}, v[16])``
-with an HNSW index over hamming distance (retrieval and first phase), optional bfloat16 float patch
-vectors on a paged attribute (exact re-ranking and evaluation), the page text and document title as
+with an HNSW index over hamming distance (retrieval and first phase; pooled by ``pooling.pool_factor``),
+bfloat16 float patch vectors on a paged attribute (exact re-ranking and evaluation; the index's
+``rerank_embedding``, e.g. unpooled, when it has one, else its ``embedding``), the page text and document title as
 BM25 fields, provenance attributes and a small thumbnail.
 
 Rank profiles carry the same names and the same math as the local search
 (:mod:`pipelines.search`):
 
 * ``binary``     first phase only: hamming MaxSim, ``sum_q max_p 1 / (1 + hamming(q, p))``.
-* ``two_phase``  ``binary`` then float query × ``unpack_bits`` MaxSim on the top ``rerank_count``.
+* ``two_phase``  ``binary`` then exact MaxSim of the float query over the bfloat16 vectors on the top
+  ``rerank_count`` (the default).
+* ``two_phase_unpacked``  ``binary`` then float query × ``unpack_bits`` MaxSim on the top ``rerank_count``
+  (for clusters fed without float vectors: ``vespa.documents.float_vectors=false``).
 * ``hybrid``     ``two_phase`` with ``bm25_weight * (bm25(title) + bm25(text))`` added in the second phase.
 * ``float``      exact MaxSim over the bfloat16 vectors (evaluation; needs the float field fed).
 
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from vespa.configuration.services import (
     admin,
+    adminserver,
     cluster_controller,
     configserver,
     configservers,
@@ -36,6 +41,7 @@ from vespa.configuration.services import (
     distribution,
     document,
     document_api,
+    document_processing,
     documents,
     engine,
     group,
@@ -85,7 +91,7 @@ QUERY_TOKEN_TENSOR = f"tensor<int8>(v[{BINARY_BYTES}])"
 MAX_SIM_BINARY = (
     f"sum(reduce(1 / (1 + sum(hamming(query(qtb), attribute({BINARY_FIELD})), v)), max, patch), querytoken)"
 )
-MAX_SIM = f"sum(reduce(sum(query(qt) * unpack_bits(attribute({BINARY_FIELD})), v), max, patch), querytoken)"
+MAX_SIM_UNPACKED = f"sum(reduce(sum(query(qt) * unpack_bits(attribute({BINARY_FIELD})), v), max, patch), querytoken)"
 MAX_SIM_FLOAT = f"sum(reduce(sum(query(qt) * cell_cast(attribute({FLOAT_FIELD}), float), v), max, patch), querytoken)"
 BM25 = "bm25(title) + bm25(text)"
 
@@ -102,7 +108,7 @@ class VespaAppSettings:
     hnsw_max_links_per_node: int = 32
     hnsw_neighbors_to_explore_at_insert: int = 400
     # Pages re-ranked per content node in the second phase (queries may lower it with ranking.rerankCount).
-    rerank_count: int = 100
+    rerank_count: int = 200
     # One nearestNeighbor operator (and query(rqN) input) per query token, up to this many tokens.
     max_query_tokens: int = 64
     hybrid_bm25_weight: float = 2.0
@@ -175,7 +181,7 @@ def build_schema(settings: VespaAppSettings) -> Schema:
     inputs += [(f"query({token_input(i)})", QUERY_TOKEN_TENSOR) for i in range(settings.max_query_tokens)]
     functions = [
         Function(name="max_sim_binary", expression=MAX_SIM_BINARY),
-        Function(name="max_sim", expression=MAX_SIM),
+        Function(name="max_sim_unpacked", expression=MAX_SIM_UNPACKED),
         Function(name="max_sim_float", expression=MAX_SIM_FLOAT),
     ]
     schema.add_rank_profile(
@@ -191,8 +197,16 @@ def build_schema(settings: VespaAppSettings) -> Schema:
         RankProfile(
             name="two_phase",
             inherits="binary",
-            second_phase=SecondPhaseRanking(expression="max_sim", rerank_count=settings.rerank_count),
-            match_features=["max_sim_binary", "max_sim"],
+            second_phase=SecondPhaseRanking(expression="max_sim_float", rerank_count=settings.rerank_count),
+            match_features=["max_sim_binary", "max_sim_float"],
+        )
+    )
+    schema.add_rank_profile(
+        RankProfile(
+            name="two_phase_unpacked",
+            inherits="binary",
+            second_phase=SecondPhaseRanking(expression="max_sim_unpacked", rerank_count=settings.rerank_count),
+            match_features=["max_sim_binary", "max_sim_unpacked"],
         )
     )
     schema.add_rank_profile(
@@ -200,9 +214,10 @@ def build_schema(settings: VespaAppSettings) -> Schema:
             name="hybrid",
             inherits="two_phase",
             second_phase=SecondPhaseRanking(
-                expression=f"max_sim + {settings.hybrid_bm25_weight} * ({BM25})", rerank_count=settings.rerank_count
+                expression=f"max_sim_float + {settings.hybrid_bm25_weight} * ({BM25})",
+                rerank_count=settings.rerank_count,
             ),
-            match_features=["max_sim_binary", "max_sim", "bm25(title)", "bm25(text)"],
+            match_features=["max_sim_binary", "max_sim_float", "bm25(title)", "bm25(text)"],
         )
     )
     schema.add_rank_profile(
@@ -246,11 +261,15 @@ def _multinode_services(settings: VespaAppSettings) -> VT:
             configservers(*(configserver(hostalias=a) for a in config_aliases)),
             VT("cluster_controllers", tuple(cluster_controller(hostalias=a) for a in config_aliases)),
             slobroks(*(slobrok(hostalias=a) for a in config_aliases)),
+            # Required: without it Vespa puts the log server on the <admin> element's (missing) host alias and
+            # prepare fails with "Unable to find host for alias ''" (checked by tests/vespa/test_vespa_java.py).
+            adminserver(hostalias=config_aliases[0]),
             version="2.0",
         ),
         # Feeding and queries on separate container clusters so a backfill cannot starve search.
         container(
             document_api(),
+            document_processing(),  # runs the indexing chain (see the content cluster's document-processing)
             nodes(*(node(hostalias=f"feed{i}") for i in range(len(settings.feed_container_hosts)))),
             id="feed",
             version="1.0",
@@ -264,7 +283,8 @@ def _multinode_services(settings: VespaAppSettings) -> VT:
         content(
             # One full copy per group: a group can be lost (or upgraded) and every page stays searchable.
             min_redundancy(str(n_groups)),
-            documents(document(type_=settings.schema, mode="index")),
+            # Indexing runs on the feed cluster: left implicit, Vespa picks the one with <search> (the query cluster).
+            documents(document(type_=settings.schema, mode="index"), document_processing(cluster="feed")),
             group(
                 distribution(partitions="1|" * (n_groups - 1) + "*"),
                 *content_groups,

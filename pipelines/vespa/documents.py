@@ -6,7 +6,9 @@ shortest documented JSON for mixed tensors with one mapped dimension:
 * ``embedding`` (``tensor<int8>(patch{}, v[16])``): ``{"0": "<32 hex digits>", ...}``, the 16 packed
   sign-bit bytes of each patch, two hex digits per int8 cell (two's complement), exactly our stored bytes.
 * ``embedding_float`` (``tensor<bfloat16>(patch{}, v[128])``): ``{"0": "<512 hex digits>", ...}``, four hex
-  digits per cell: the bfloat16 bit pattern (the float32's top 16 bits, rounded to nearest even).
+  digits per cell: the bfloat16 bit pattern (the float32's top 16 bits, rounded to nearest even). These
+  are the page's float re-ranking vectors: ``rerank_embedding`` when the index has it
+  (``pooling.rerank_pool_factor``, e.g. unpooled), else ``embedding``.
 
 The list form (pyvespa's usual ``{"0": [16 ints], ...}`` / ``{"0": [128 floats], ...}``) is kept for the
 serialization benchmark and for debugging.
@@ -44,6 +46,7 @@ FEED_COLUMNS = [
     "binary",
     "model",
     "config_hash",
+    "rerank_embedding",
 ]
 
 
@@ -52,7 +55,7 @@ class DocumentSettings:
     """What goes into each fed document. Hydra group ``vespa.documents``."""
 
     form: str = "hex"  # hex (compact) or list (pyvespa's default lists; larger and slower)
-    float_vectors: bool = True  # feed embedding_float (needed by the float profile)
+    float_vectors: bool = True  # feed embedding_float (needed by the two_phase, hybrid and float profiles)
     thumbnails: bool = True  # feed the page thumbnail when the index has one
     max_text_chars: int = 100_000  # longer text layers are cut (Vespa string fields are not meant for books)
 
@@ -107,17 +110,22 @@ def page_document(row: Mapping[str, Any], settings: DocumentSettings) -> dict[st
         BINARY_FIELD: binary_tensor(binary, settings.form),
     }
     if settings.float_vectors:
-        fields[FLOAT_FIELD] = float_tensor(schema.decode_embedding(row["embedding"]), settings.form)
+        fields[FLOAT_FIELD] = float_tensor(schema.decode_embedding(rerank_vectors(row)), settings.form)
     if settings.thumbnails and row.get("thumbnail"):
         fields["thumbnail"] = base64.b64encode(row["thumbnail"]).decode("ascii")
     return {"id": row["page_id"], "fields": fields}
 
 
+def rerank_vectors(row: Mapping[str, Any]) -> bytes:
+    """The float re-ranking vectors of an index page row (float16 bytes): ``rerank_embedding`` when stored."""
+    return row.get("rerank_embedding") or row["embedding"]
+
+
 def iter_documents(pages: pa.Table, settings: DocumentSettings) -> Iterator[dict[str, Any]]:
     """Feed operations for every row of an index ``pages`` table, in table order."""
     columns = [c for c in FEED_COLUMNS if c in pages.column_names]
-    if not settings.float_vectors and "embedding" in columns:
-        columns.remove("embedding")
+    if not settings.float_vectors:
+        columns = [c for c in columns if c not in ("embedding", "rerank_embedding")]
     for batch in pages.select(columns).to_batches(max_chunksize=256):
         for row in batch.to_pylist():
             yield page_document(row, settings)

@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.search import HIT_FIELDS
 from pipelines.stages.compress import binarize
 from pipelines.vespa.app import BINARY_FIELD, token_input
 from pipelines.vespa.client import VespaEndpoint, scrub
 
-PROFILES = ("two_phase", "hybrid", "binary", "float")
+PROFILES = ("two_phase", "two_phase_unpacked", "hybrid", "binary", "float")
 RETRIEVALS = ("nearest_neighbor", "all")
-SUMMARY_FIELDS = ("page_id", "doc_id", "source_uri", "page_number", "title", "text", "model")
+#: The page fields a query returns: those of a search hit, from either backend.
+SUMMARY_FIELDS = HIT_FIELDS
 
 
 class VespaQueryError(RuntimeError):
@@ -37,7 +39,7 @@ class VespaQuerySettings:
     """Hydra group ``vespa.query``."""
 
     # Candidates per query token and content node from the HNSW index: the speed/recall knob.
-    target_hits: int = 100
+    target_hits: int = 20
     explore_additional_hits: int = 300
     # nearest_neighbor: HNSW retrieval (production). all: rank every page (exact, for evaluation).
     retrieval: str = "nearest_neighbor"

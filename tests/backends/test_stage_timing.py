@@ -12,7 +12,7 @@ import pytest
 
 from pipelines import schema
 from pipelines.backends import local, ray_data
-from pipelines.backends.base import STAGE_SECONDS
+from pipelines.backends.base import STAGE_SECONDS, StagePlan
 from pipelines.stages.base import Stage
 
 
@@ -40,7 +40,7 @@ def test_local_backend_times_each_stage_and_the_write():
         time.sleep(0.02)
         return {"rows": block.num_rows}
 
-    totals = local.execute(sources, [_Sleep(), _Fast()], write)
+    totals = local.LocalBackend().execute(sources, StagePlan([_Sleep(), _Fast()]), write)
     assert totals["rows"] == 2
     seconds = totals[STAGE_SECONDS]
     assert set(seconds) == {"sleepy", "fast", "write"}

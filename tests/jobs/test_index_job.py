@@ -1,38 +1,40 @@
-"""The index CLI on Ray with the tiny TEST model over the shared corpus (31 real-world PDFs and a
+"""The index job on Ray with the tiny TEST model over the shared corpus (31 real-world PDFs and a
 LICENSE) plus generated hostile files: every file is accounted for, each bad one with its reason,
-a render that never ends is killed at its timeout, and the exit status follows max_error_rate."""
+a render that never ends is killed at its timeout (and retried once, then left alone), and the exit status
+follows max_error_rate.
+
+The job runs in-process on the session's Ray instance (``jobs.index.run`` returns the exit status
+the CLI exits with); the CLI process itself is exercised by the crash-resume tests.
+"""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from pipelines import hostile, index
+from jobs.index import run
+from pipelines import index
+from pipelines.testing import hostile
+from tests.helpers import index_config
 
-REPO = Path(__file__).resolve().parents[2]
 LONG_PAGES = 120
 
 
-def run_job(source: Path, out: Path, model_cache: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PIPELINES_CACHE_DIR": str(model_cache)}
-    args = [sys.executable, "-m", "jobs.index", f"source.location={source}", f"output.location={out}", "model=tiny"]
-    return subprocess.run(
-        [*args, "ray.num_cpus=2", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
+def run_job(source: Path, out: Path, capsys, *overrides: str) -> tuple[int, str]:
+    """(exit status, what the job wrote to stderr)."""
+    status = run(index_config(f"source.location={source}", f"output.location={out}", *overrides))
+    return status, capsys.readouterr().err
 
 
-def test_shared_corpus_and_hostile_files_all_accounted_with_reasons(shared_corpus, tmp_path, model_cache):
+def test_shared_corpus_and_hostile_files_all_accounted_with_reasons(shared_corpus, tmp_path, ray_cluster, capsys):
     source = tmp_path / "source"
     shutil.copytree(shared_corpus, source / "shared")
     hostile.write_hostile_corpus(source / "hostile", long_pages=LONG_PAGES)
     out = tmp_path / "index"
     # More than 10 % of the files are broken: the default max_error_rate makes the run exit 4, after
     # finishing and recording everything.
-    result = run_job(source, out, model_cache, "rasterize.timeout_s=10")
-    assert result.returncode == 4, result.stderr[-4000:]
-    assert "over max_error_rate=0.1" in result.stderr
+    status, stderr = run_job(source, out, capsys, "rasterize.timeout_s=10")
+    assert status == 4, stderr[-4000:]
+    assert "over max_error_rate=0.1" in stderr
     report = json.loads((out / "run_report.json").read_text())
 
     assert report["files_listed"] == 31 + len(hostile.EXPECTED)
@@ -54,8 +56,27 @@ def test_shared_corpus_and_hostile_files_all_accounted_with_reasons(shared_corpu
     assert len(shared_indexed) >= 29  # everything poppler can read is indexed
 
     # A rerun with a looser threshold exits 0; only the timed-out file is tried again (timeouts are transient).
-    result = run_job(source, out, model_cache, "rasterize.timeout_s=10", "max_error_rate=0.5")
-    assert result.returncode == 0, result.stderr[-4000:]
+    status, stderr = run_job(source, out, capsys, "rasterize.timeout_s=10", "max_error_rate=0.5")
+    assert status == 0, stderr[-4000:]
     rerun = json.loads((out / "run_report.json").read_text())
     assert rerun["plan"]["to_process"] == sum(1 for e in report["errors"] if e["type"] == "timeout")
     assert rerun["files_unaccounted"] == [] and rerun["files_listed"] == report["files_listed"]
+
+    # Retries end: after max_retries (default 1) retries of the same file version a timeout is permanent, and a
+    # third run skips it without rendering, saying so in its plan.
+    timed_out = sum(1 for e in rerun["errors"] if e["type"] == "timeout")
+    assert timed_out >= 1
+    status, stderr = run_job(source, out, capsys, "rasterize.timeout_s=10", "max_error_rate=0.5")
+    assert status == 0, stderr[-4000:]
+    third = json.loads((out / "run_report.json").read_text())
+    assert third["plan"]["to_process"] == 0
+    assert third["plan"]["retry_exhausted"] == timed_out
+    assert third["files_unaccounted"] == []
+
+    # The false rejections of earlier versions are indexed with their text layer.
+    texts = {
+        Path(r["source_uri"]).name: r["text"]
+        for r in index.IndexLocation(str(out)).read_pages(["source_uri", "text", "renderer"]).to_pylist()
+    }
+    for name in hostile.FALSE_REJECTIONS:
+        assert hostile.MARKER_TEXT in texts[name], name

@@ -1,55 +1,36 @@
-"""The search CLI over an index built by the index CLI (both as users run them)."""
+"""The search job over the session's sample index (built by the index job): the CLI as users run it
+once, the rest in-process."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(args, **kwargs):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+from tests.helpers import compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
-def built_index(sample_corpus, tmp_path_factory, tiny_model_dir):
-    out = tmp_path_factory.mktemp("cli-index")
-    result = run(
-        [
-            "-m",
-            "jobs.index",
-            f"source.location={sample_corpus}",
-            f"output.location={out}",
-            "model=tiny",
-            "backend=local",
-        ],
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "6 indexed" in result.stdout and "TEST MODEL" in result.stdout
+def built_index(sample_index):
+    out, printed = sample_index
+    assert "6 indexed" in printed and "TEST MODEL" in printed
     return out
 
 
-def test_jsonl_output_lists_top_k_hits_per_query(built_index, sample_corpus):
-    result = run(
-        [
-            "-m",
-            "jobs.search",
-            f"index={built_index}",
-            f"queries_file={sample_corpus / 'queries.jsonl'}",
-            "limit_queries=2",
-            "top_k=3",
-            "format=jsonl",
-        ],
-        timeout=300,
+def search_config(*overrides: str):
+    return compose_config("search", overrides)
+
+
+def test_jsonl_output_lists_top_k_hits_per_query(built_index, sample_corpus, capsys):
+    from jobs.search import run
+
+    cfg = search_config(
+        f"index={built_index}",
+        f"queries_file={sample_corpus / 'queries.jsonl'}",
+        "limit_queries=2",
+        "top_k=3",
+        "format=jsonl",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert run(cfg) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(hits) == 6
     assert [h["rank"] for h in hits] == [1, 2, 3, 1, 2, 3]
     for query_hits in (hits[:3], hits[3:]):
@@ -58,13 +39,27 @@ def test_jsonl_output_lists_top_k_hits_per_query(built_index, sample_corpus):
     assert all(h["source_uri"].startswith("file://") and h["page_number"] >= 1 for h in hits)
 
 
+def test_run_search_raises_instead_of_exiting(tmp_path, built_index):
+    from jobs.search import run_search
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(FileNotFoundError, match=r"run jobs\.index first"):
+        run_search(search_config(f"index={tmp_path}", "query=x"))
+    with pytest.raises(ConfigError, match="nothing to search"):
+        run_search(search_config(f"index={built_index}"))
+    with pytest.raises(ConfigError, match="hybrid needs Vespa"):
+        run_search(search_config(f"index={built_index}", "query=x", "profile=hybrid"))
+
+
 def test_text_output_names_the_test_model(built_index):
-    result = run(["-m", "jobs.search", f"index={built_index}", "query=sourdough starter", "top_k=2"], timeout=300)
+    result = run_cli("jobs.search", f"index={built_index}", "query=sourdough starter", "top_k=2", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "query: sourdough starter" in result.stdout and "TEST MODEL" in result.stdout
     assert " 1. " in result.stdout and " 2. " in result.stdout
 
 
-def test_search_without_an_index_says_how_to_fix_it(tmp_path):
-    result = run(["-m", "jobs.search", f"index={tmp_path}", "query=x"], timeout=300)
-    assert result.returncode == 2 and "run jobs.index first" in result.stderr
+def test_search_without_an_index_says_how_to_fix_it(tmp_path, capsys):
+    from jobs.search import run
+
+    assert run(search_config(f"index={tmp_path}", "query=x")) == 2
+    assert "run jobs.index first" in capsys.readouterr().err

@@ -86,9 +86,35 @@ def test_pool_and_binarize_stages_update_vectors_and_pass_error_rows_through():
     assert rows[2]["embedding"] is None and rows[2]["binary"] is None and rows[2]["error_type"] == "corrupt"
 
 
+@pytest.mark.parametrize(("pool_factor", "rerank_pool_factor"), [(3, 1), (3, 2), (1, 2)])
+def test_rerank_vectors_are_pooled_separately_from_the_raw_vectors(pool_factor, rerank_pool_factor):
+    arrays = [unit_vectors(60, seed=1), unit_vectors(31, seed=2)]
+    stage = PoolStage(pool_factor=pool_factor, rerank_pool_factor=rerank_pool_factor)
+    out = BinarizeStage().apply(stage.apply(page_batch(arrays))).to_pylist()
+    pooler = HierarchicalTokenPooler()
+    for row, raw in zip(out[:2], arrays, strict=True):
+        raw16 = raw.astype("<f2").astype(np.float32)  # the embed stage's stored vectors
+        candidates = schema.decode_embedding(row["embedding"])
+        np.testing.assert_array_equal(candidates, pool_vectors(pooler, raw16, pool_factor).astype("<f2"))
+        np.testing.assert_array_equal(schema.decode_binary(row["binary"]), binarize(candidates))
+        rerank = schema.decode_embedding(row["rerank_embedding"])
+        np.testing.assert_array_equal(rerank, pool_vectors(pooler, raw16, rerank_pool_factor).astype("<f2"))
+        assert row["n_rerank_vectors"] == len(rerank) and row["n_vectors"] == len(candidates)
+    assert out[2]["rerank_embedding"] is None and out[2]["n_rerank_vectors"] is None
+
+
+@pytest.mark.parametrize("rerank_pool_factor", [None, 3])
+def test_no_rerank_column_when_rerank_vectors_are_the_candidates(rerank_pool_factor):
+    out = PoolStage(pool_factor=3, rerank_pool_factor=rerank_pool_factor).apply(page_batch([unit_vectors(30)]))
+    assert out.column("rerank_embedding").null_count == out.num_rows
+    assert not PoolStage(pool_factor=3, rerank_pool_factor=rerank_pool_factor).separate_rerank
+
+
 def test_pool_stage_rejects_bad_factor():
     with pytest.raises(ValueError, match="pool_factor"):
         PoolStage(pool_factor=0)
+    with pytest.raises(ValueError, match="rerank_pool_factor"):
+        PoolStage(pool_factor=3, rerank_pool_factor=0)
 
 
 def test_conform_restores_types_of_all_null_columns():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines import index, schema
+from pipelines.index.writer import PartWriter
 from pipelines.stages.compress import binarize
 from tests.vespa.fake_vespa import FakeVespa
 from tests.vespa.schema_check import validator
@@ -61,7 +62,7 @@ def write_index(location: Path, documents: dict[str, tuple[int, int]], config_ha
     page_ids = []
     for uri, (n_pages, version) in documents.items():
         rows = doc_rows(uri, n_pages, version)
-        target.write_block(schema.rows_to_table(rows), "tiny", config_hash)
+        PartWriter(target, "tiny", config_hash).write(schema.rows_to_table(rows))
         page_ids += [r["page_id"] for r in rows]
     return page_ids
 

@@ -19,7 +19,7 @@ import struct
 
 # The expressions this module implements, verbatim; tests assert the schema uses exactly these.
 MAX_SIM_BINARY = "sum(reduce(1 / (1 + sum(hamming(query(qtb), attribute(embedding)), v)), max, patch), querytoken)"
-MAX_SIM = "sum(reduce(sum(query(qt) * unpack_bits(attribute(embedding)), v), max, patch), querytoken)"
+MAX_SIM_UNPACKED = "sum(reduce(sum(query(qt) * unpack_bits(attribute(embedding)), v), max, patch), querytoken)"
 MAX_SIM_FLOAT = "sum(reduce(sum(query(qt) * cell_cast(attribute(embedding_float), float), v), max, patch), querytoken)"
 
 
@@ -70,7 +70,7 @@ def max_sim_binary(qtb: dict[str, list[int]], embedding: dict[str, list[int]]) -
     return total
 
 
-def max_sim(qt: dict[str, list[float]], embedding: dict[str, list[int]]) -> float:
+def max_sim_unpacked(qt: dict[str, list[float]], embedding: dict[str, list[int]]) -> float:
     total = 0.0
     unpacked = [unpack_bits(d) for d in embedding.values()]
     for q in qt.values():
@@ -93,7 +93,9 @@ def search_handler(documents: dict[str, dict], rerank_count_default: int = 100):
 
     Retrieval: for each ``nearestNeighbor(embedding, rqN)`` the ``targetHits`` documents whose closest
     patch has the smallest hamming distance to ``query(rqN)`` (exact, where Vespa's HNSW is
-    approximate), or every document for ``where true``. Ranking: the profile's phases above.
+    approximate), or every document for ``where true``. Ranking: the profile's phases above
+    (``two_phase`` and ``hybrid`` re-rank with ``max_sim_float``, ``two_phase_unpacked`` with
+    ``max_sim_unpacked``; ``hybrid``'s BM25 is not modelled).
     """
 
     def handle(body: dict) -> dict:
@@ -117,10 +119,13 @@ def search_handler(documents: dict[str, dict], rerank_count_default: int = 100):
             scores = {d: max_sim_float(qt, mapped_bfloat16_tensor(docs[d]["embedding_float"])) for d in matched}
         else:
             scores = {d: max_sim_binary(qtb, binary[d]) for d in matched}
-            if profile in ("two_phase", "hybrid"):
+            if profile in ("two_phase", "hybrid", "two_phase_unpacked"):
                 rerank = int(body.get("ranking.rerankCount", rerank_count_default))
                 for d in sorted(scores, key=lambda d: (-scores[d], d))[:rerank]:
-                    scores[d] = max_sim(qt, binary[d])
+                    if profile == "two_phase_unpacked":
+                        scores[d] = max_sim_unpacked(qt, binary[d])
+                    else:
+                        scores[d] = max_sim_float(qt, mapped_bfloat16_tensor(docs[d]["embedding_float"]))
         order = sorted(scores, key=lambda d: (-scores[d], d))[: int(body.get("hits", 10))]
         children = [
             {"id": d, "relevance": scores[d], "fields": {k: v for k, v in docs[d].items() if "embedding" not in k}}

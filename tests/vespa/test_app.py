@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from jobs import deploy_vespa
 from pipelines.errors import ConfigError
 from pipelines.vespa import app, config
+from pipelines.vespa import deploy as deploy_vespa
 from tests.vespa import rank_eval
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def test_fields_and_tensor_types(schema_text):
 def test_rank_profiles_use_the_independently_evaluated_expressions(schema_text):
     binary = block(schema_text, "rank-profile binary")
     assert rank_eval.MAX_SIM_BINARY in binary
-    assert rank_eval.MAX_SIM in binary
+    assert rank_eval.MAX_SIM_UNPACKED in binary
     assert rank_eval.MAX_SIM_FLOAT in binary
     assert re.search(r"first-phase \{\s*expression \{\s*max_sim_binary\s*\}", binary)
     assert "query(qt) tensor<float>(querytoken{}, v[128])" in binary
@@ -69,9 +69,11 @@ def test_rank_profiles_use_the_independently_evaluated_expressions(schema_text):
     assert len(re.findall(r"query\(rq\d+\) tensor<int8>\(v\[16\]\)", binary)) == 64
 
     two_phase = block(schema_text, "rank-profile two_phase inherits binary")
-    assert re.search(r"second-phase \{\s*expression \{\s*max_sim\s*\}\s*rerank-count: 100", two_phase)
+    assert re.search(r"second-phase \{\s*expression \{\s*max_sim_float\s*\}\s*rerank-count: 200", two_phase)
+    unpacked = block(schema_text, "rank-profile two_phase_unpacked inherits binary")
+    assert re.search(r"second-phase \{\s*expression \{\s*max_sim_unpacked\s*\}\s*rerank-count: 200", unpacked)
     hybrid = block(schema_text, "rank-profile hybrid inherits two_phase")
-    assert "max_sim + 2.0 * (bm25(title) + bm25(text))" in hybrid
+    assert "max_sim_float + 2.0 * (bm25(title) + bm25(text))" in hybrid
     float_profile = block(schema_text, "rank-profile float inherits binary")
     assert re.search(r"first-phase \{\s*expression \{\s*max_sim_float\s*\}", float_profile)
 

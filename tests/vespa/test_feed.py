@@ -9,6 +9,7 @@ import pytest
 
 from pipelines import schema
 from pipelines.index import IndexLocation
+from pipelines.index.writer import PartWriter
 from pipelines.vespa import replay
 from pipelines.vespa.client import VespaEndpoint, redact
 from pipelines.vespa.documents import DocumentSettings
@@ -181,7 +182,7 @@ def test_moved_file_is_re_put_under_its_new_source_uri(tmp_path, fake):
     location = IndexLocation(str(tmp_path))
     location.clear_tables()
     rows = [{**r, "source_uri": "/data/new/a.pdf"} for r in doc_rows("/data/old/a.pdf", 2, 0)]
-    location.write_block(schema.rows_to_table(rows), "tiny", "cfg1")
+    PartWriter(location, "tiny", "cfg1").write(schema.rows_to_table(rows))
     report = feed(tmp_path, fake)
     assert report["puts_acked"] == 2 and report["removes_planned"] == 0
     assert {fake.documents[vespa_id(p)]["source_uri"] for p in page_ids} == {"/data/new/a.pdf"}

@@ -11,10 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from jobs import deploy_vespa
 from pipelines import index, schema
-from pipelines.pipeline import run_index
 from pipelines.vespa import app, query, remove, replay
+from pipelines.vespa import deploy as deploy_vespa
 from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
@@ -29,19 +28,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def live_index(tiny_model_dir, sample_corpus, tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from tests.vespa.test_vespa_pipeline import CONF
-
-    out = tmp_path_factory.mktemp("live-index")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "index",
-            overrides=["model=tiny", "backend=local", f"source.location={sample_corpus}", f"output.location={out}"],
-        )
-    run_index(cfg)
-    return out
+def live_index(sample_index):
+    return sample_index[0]
 
 
 def test_deploy_feed_and_self_ranking(live_index):
@@ -58,7 +46,7 @@ def test_deploy_feed_and_self_ranking(live_index):
         queries = [
             (schema.decode_embedding(buf).astype(np.float32), None) for buf in pages.column("embedding").to_pylist()
         ]
-        for profile in ("two_phase", "float"):
+        for profile in ("two_phase", "two_phase_unpacked", "float"):
             results = query.search(endpoint, queries, profile, 3, query.VespaQuerySettings(target_hits=50))
             for page_id, hits in zip(page_ids, results, strict=True):
                 assert hits and hits[0]["page_id"] == page_id, (profile, page_id, hits[:3])

@@ -71,12 +71,61 @@ def test_first_phase_equals_local_hamming_maxsim(data):
     assert len(set(np.round(local, 6))) > 5, "scores must vary for the comparison to mean anything"
 
 
-def test_second_phase_equals_local_unpacked_maxsim(data):
+def test_unpacked_second_phase_equals_local_unpacked_maxsim(data):
     pages, q, docs, body = data
     local = LocalIndex(pages).unpacked_maxsim(q, np.arange(len(docs)))
     qt, _ = wire_inputs(body)
-    vespa = [rank_eval.max_sim(qt, rank_eval.mapped_int8_tensor(d["fields"]["embedding"])) for d in docs]
+    vespa = [rank_eval.max_sim_unpacked(qt, rank_eval.mapped_int8_tensor(d["fields"]["embedding"])) for d in docs]
     np.testing.assert_allclose(vespa, local, rtol=1e-5)
+
+
+def test_two_phase_second_phase_equals_local_float_rerank_within_bfloat16_precision(data):
+    pages, q, docs, body = data
+    local = LocalIndex(pages).float_maxsim_of(q, np.arange(len(docs)))
+    qt, _ = wire_inputs(body)
+    vespa = [
+        rank_eval.max_sim_float(qt, rank_eval.mapped_bfloat16_tensor(d["fields"]["embedding_float"])) for d in docs
+    ]
+    np.testing.assert_allclose(vespa, local, rtol=1e-2)
+
+
+def with_rerank_vectors(pages: pa.Table, rng: np.random.Generator) -> tuple[pa.Table, list[np.ndarray]]:
+    """``pages`` plus a ``rerank_embedding`` column: more (stand-in unpooled) float vectors per page."""
+    rerank = []
+    for cell in pages.column("embedding").to_pylist():
+        pooled = schema.decode_embedding(cell).astype(np.float32)
+        extra = pooled[rng.integers(0, len(pooled), 2 * len(pooled))] + rng.normal(
+            scale=0.2, size=(2 * len(pooled), 128)
+        )
+        vectors = np.concatenate([pooled, extra])
+        rerank.append((vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16))
+    pages = pages.append_column(
+        schema.PAGE_SCHEMA.field("n_rerank_vectors"), pa.array([len(r) for r in rerank], pa.int32())
+    )
+    pages = pages.append_column(
+        schema.PAGE_SCHEMA.field("rerank_embedding"),
+        pa.array([r.astype("<f2").tobytes() for r in rerank], pa.binary()),
+    )
+    return pages, rerank
+
+
+def test_separate_rerank_vectors_are_fed_as_embedding_float_and_rerank_like_the_local_index(data):
+    pages, q, _, body = data
+    pages, rerank = with_rerank_vectors(pages, np.random.default_rng(3))
+    docs = list(documents.iter_documents(pages, documents.DocumentSettings()))
+    for doc, vectors, binary in zip(docs, rerank, pages.column("binary").to_pylist(), strict=True):
+        assert len(doc["fields"]["embedding_float"]) == len(vectors)
+        assert len(doc["fields"]["embedding"]) == len(schema.decode_binary(binary)) < len(vectors)
+    local = LocalIndex(pages)
+    qt, _ = wire_inputs(body)
+    vespa = [
+        rank_eval.max_sim_float(qt, rank_eval.mapped_bfloat16_tensor(d["fields"]["embedding_float"])) for d in docs
+    ]
+    np.testing.assert_allclose(vespa, local.float_maxsim(q), rtol=1e-2)
+    stored = {f"id:pdf_page:pdf_page::{d['id']}": d["fields"] for d in docs}
+    hits = query.parse_hits(rank_eval.search_handler(stored)(body))
+    expected = local.search(q, top_k=5, profile="two_phase", retrieval="nearest_neighbor")
+    assert [h["page_id"] for h in hits] == [pages.column("page_id")[h.page_index].as_py() for h in expected]
 
 
 def test_float_profile_matches_local_float_maxsim_within_bfloat16_precision(data):
@@ -90,14 +139,22 @@ def test_float_profile_matches_local_float_maxsim_within_bfloat16_precision(data
     assert np.argmax(vespa) == np.argmax(local) == 3
 
 
-def test_two_phase_ranking_through_the_search_stand_in_equals_local(data):
-    pages, q, docs, body = data
+@pytest.mark.parametrize(("profile", "rtol"), [("two_phase", 1e-2), ("two_phase_unpacked", 1e-5), ("binary", 1e-12)])
+@pytest.mark.parametrize("target_hits", [2, 100])
+def test_ranking_through_the_search_stand_in_equals_local(data, profile, rtol, target_hits):
+    pages, q, docs, _ = data
+    settings = query.VespaQuerySettings(target_hits=target_hits)
+    body = query.build_query_body(q, profile, 5, settings, "pdf_page", rerank_count=5)
     stored = {f"id:pdf_page:pdf_page::{d['id']}": d["fields"] for d in docs}
     answer = rank_eval.search_handler(stored)(body)
     hits = query.parse_hits(answer)
-    local = LocalIndex(pages).search(q, top_k=5, profile="two_phase")
-    assert [h["page_id"] for h in hits] == [pages.column("page_id")[h.page_index].as_py() for h in local]
-    np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in local], rtol=1e-5)
+    local = LocalIndex(pages)
+    expected = local.search(q, 5, profile, 5, retrieval="nearest_neighbor", target_hits=target_hits)
+    assert [h["page_id"] for h in hits] == [pages.column("page_id")[h.page_index].as_py() for h in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in expected], rtol=rtol)
+    # Vespa's retrieval (exact here) matches the pages the local nearest-neighbour retrieval ranks.
+    matched = local.nearest_neighbor_candidates(q, target_hits)
+    assert answer["root"]["fields"]["totalCount"] == len(matched)
 
 
 def test_hex_and_list_forms_carry_the_same_tensors(data):

@@ -1,0 +1,145 @@
+"""Benchmark 2, index_size: bytes per page of float16, binary and pooled binary vectors, per model patch count.
+
+The byte figures are arithmetic over each model's vectors per page (:func:`patch_counts`, derived from the
+processors' resize rules); the Parquet figures are measured on synthetic clustered pages written with the index's
+settings (zstd).
+"""
+
+from __future__ import annotations
+
+import io
+
+from benchmarks.common import QWEN_PROMPT_VECTORS, REFERENCE_MODEL, pages_table
+from benchmarks.vectors import CLUSTERED_RECIPE, ClusteredVectors
+from pipelines import schema
+
+
+def patch_counts() -> list[dict]:
+    """Vectors per page of every supported model, with where each count comes from."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from pipelines.models import registry
+    from pipelines.stages.rasterize import target_size
+
+    rows = [
+        {
+            "model": "colpali-v1.3",
+            "page": "any (squashed to 448x448)",
+            "vectors": 1030,
+            "source": "1024 image tokens (32x32 grid) + 6 prompt tokens; ../shared/reference/colpali.md section 1",
+        }
+    ]
+    for name in ("colqwen2-v1.0", "colqwen2.5-v0.2", "tiny"):
+        spec = registry.get_spec(name)
+        for page, (width_pt, height_pt) in (("US Letter portrait", (612, 792)), ("A4 portrait", (595.276, 841.89))):
+            width, height = target_size(width_pt, height_pt, spec.max_pixels, 200.0)
+            grid_h, grid_w = smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=spec.max_pixels)
+            tokens = grid_h * grid_w // (28 * 28)
+            rows.append(
+                {
+                    "model": name,
+                    "page": page,
+                    "vectors": tokens + QWEN_PROMPT_VECTORS,
+                    "source": (
+                        f"render {width}x{height} px (registry budget {spec.max_pixels:,} px) -> Qwen2-VL "
+                        f"smart_resize {grid_w}x{grid_h} -> {tokens} image tokens (28x28 px each) + "
+                        f"{QWEN_PROMPT_VECTORS} prompt tokens"
+                    ),
+                }
+            )
+    for edge, note in (
+        (1536, "registry comment: longest edge 1536 px"),
+        (2048, "colpali.md estimate: longest edge 2048 px"),
+    ):
+        tiles_w, tiles_h = -(-round(edge * 612 / 792) // 512), -(-edge // 512)
+        image_tokens = 64 * (tiles_w * tiles_h + 1)
+        rows.append(
+            {
+                "model": "colsmol-256m / colsmol-500m",
+                "page": f"US Letter portrait, {edge}-px long edge",
+                "vectors": image_tokens,
+                "source": (
+                    f"ESTIMATE ({note}; processor config not readable offline): {tiles_w}x{tiles_h} tiles of "
+                    f"512 px + 1 global image, 64 tokens each = {image_tokens}, plus unknown marker/prompt tokens"
+                ),
+            }
+        )
+    return rows
+
+
+def parquet_bytes_per_page(n_pages: int, n_vectors: int, seed: int = 0) -> dict:
+    """Measured zstd Parquet bytes per page of the ``embedding`` and ``binary`` columns (the index's settings)."""
+    import pyarrow.parquet as pq
+
+    vectors = ClusteredVectors(seed).pages(n_pages, n_vectors)
+    table = pages_table(vectors).select(["n_vectors", "embedding", "binary"])
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    metadata = pq.ParquetFile(io.BytesIO(buffer.getvalue())).metadata
+    sizes = {"embedding": 0, "binary": 0}
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            if column.path_in_schema in sizes:
+                sizes[column.path_in_schema] += column.total_compressed_size
+    return {
+        "pages": n_pages,
+        "vectors_per_page": n_vectors,
+        "embedding_bytes_per_page": sizes["embedding"] / n_pages,
+        "binary_bytes_per_page": sizes["binary"] / n_pages,
+        "embedding_raw_bytes_per_page": n_vectors * schema.EMBEDDING_DIM * 2,
+        "binary_raw_bytes_per_page": n_vectors * schema.BINARY_BYTES,
+    }
+
+
+#: Vespa HNSW level-0 links per candidate vector (max-links-per-node 32; level 0 keeps 2x), 4 bytes each: an estimate.
+HNSW_LINK_BYTES = 2 * 32 * 4
+
+
+def deployed_bytes(n: int, pool_factor: int = 3, rerank_pool_factor: int = 1) -> dict:
+    """Bytes per page of each part of the deployed layout (``pooling.pool_factor`` candidates, ``rerank_pool_factor``
+    re-ranking vectors): in Vespa memory (binary attribute + HNSW estimate), on Vespa disk (paged bfloat16), and in
+    the Parquet index before compression (pooled float16 + binary + float16 re-ranking vectors)."""
+    candidates = max(n // pool_factor, 1)
+    rerank = max(n // rerank_pool_factor, 1)
+    separate = rerank_pool_factor != pool_factor
+    return {
+        "pool_factor": pool_factor,
+        "rerank_pool_factor": rerank_pool_factor,
+        "memory_binary": candidates * schema.BINARY_BYTES,
+        "memory_hnsw_estimate": candidates * HNSW_LINK_BYTES,
+        "disk_rerank_bfloat16": rerank * schema.EMBEDDING_DIM * 2,
+        "index_raw": candidates * (schema.EMBEDDING_DIM * 2 + schema.BINARY_BYTES)
+        + (rerank * schema.EMBEDDING_DIM * 2 if separate else 0),
+    }
+
+
+def bench_index_size(size: int = 200, pool_factors: tuple[int, ...] = (2, 3, 4)) -> dict:
+    """Bytes per page of float16, binary, and binary after pooling, per model patch count; measured Parquet bytes.
+
+    Pooled counts are the pooler's cluster count ``max(n // pool_factor, 1)`` (fewer only when Ward merge distances
+    tie, e.g. duplicate vectors). The byte figures are arithmetic; the Parquet ones are measured.
+    """
+    rows = []
+    for entry in patch_counts():
+        n = entry["vectors"]
+        formats = {"float16": n * schema.EMBEDDING_DIM * 2, "binary": n * schema.BINARY_BYTES}
+        for factor in pool_factors:
+            formats[f"binary_pool{factor}"] = max(n // factor, 1) * schema.BINARY_BYTES
+        formats["index_pool3_float16_plus_binary"] = max(n // 3, 1) * (schema.EMBEDDING_DIM * 2 + schema.BINARY_BYTES)
+        rows.append({**entry, "bytes_per_page": formats, "deployed": deployed_bytes(n)})
+    measured = []
+    reference = next(r["vectors"] for r in rows if r["model"] == REFERENCE_MODEL)
+    for n in sorted({reference, reference // 3}):
+        measured.append(parquet_bytes_per_page(size, n))
+    return {
+        "params": {"parquet_pages": size, "pool_factors": list(pool_factors), "compression": "zstd"},
+        "results": {
+            "models": rows,
+            "parquet": measured,
+            "parquet_vectors": "synthetic clustered set",
+            "recipe": CLUSTERED_RECIPE,
+        },
+        "checks": [],
+    }

@@ -1,0 +1,203 @@
+"""The index job's driver: a run is five small phases over one :class:`IndexRun`.
+
+1. :func:`prepare`: list the source, start the backend (which checks the plan can be scheduled),
+   open the index (overwrite, config check, recovery of killed runs), record the config;
+2. :func:`plan`: decide per listed file what this run does (:meth:`Ledger.plan`);
+3. :func:`execute`: run the stages on the backend into the composed block writer (index part files,
+   plus Vespa when feeding inline);
+4. :func:`commit`: commit the run's complete documents to the ledger, compact;
+5. :func:`reconcile_feed` and :func:`report`: bring Vespa in step (inline feeding), write the report.
+
+Config is validated (:func:`pipelines.config.load_index_config`) before any phase runs; stages and
+the Ray wiring live in :mod:`pipelines.stages` and :mod:`pipelines.backends`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines import backends, environment, io, schema
+from pipelines.backends.base import Backend, StagePlan
+from pipelines.config import IndexJobConfig, absolute, load_index_config
+from pipelines.errors import ConfigError
+from pipelines.index import accounting
+from pipelines.index.ledger import Plan
+from pipelines.index.location import IndexLocation
+from pipelines.index.storage import CONFIG_FILE, REPORT_FILE
+from pipelines.index.writer import PartWriter
+from pipelines.testing import failpoints
+from pipelines.vespa.client import redact
+from pipelines.vespa.inline import InlineFeed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexRun:
+    """What the phases of one run share; each phase fills in its part."""
+
+    job: IndexJobConfig
+    config_yaml: str  # the resolved config as given, secrets redacted
+    stage_plan: StagePlan
+    backend: Backend
+    inline: InlineFeed | None
+    source: str
+    location: IndexLocation
+    files: list[io.SourceFile] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = 0.0
+    started_at: dt.datetime | None = None
+    recovered: list[dict[str, Any]] = field(default_factory=list)
+    work: Plan | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+    commit: dict[str, Any] = field(default_factory=dict)
+    compaction: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    vespa: dict[str, Any] | None = None
+
+
+def run_index(cfg: DictConfig) -> dict[str, Any]:
+    """Run the indexing job described by ``cfg``; returns the run report (also written to the index).
+
+    In ``incremental`` mode (default) only new and changed sources are processed, and a run that was
+    killed is committed first, so its finished documents are kept (see :mod:`pipelines.index.ledger`).
+
+    Raises :class:`ConfigError` on bad configuration before any work starts (including an index
+    built with another model or config), ``FileNotFoundError``/``PermissionError`` when the input or
+    output location is missing or denied.
+    """
+    job = load_index_config(cfg)
+    run = prepare(job, OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True)))))
+    plan(run)
+    execute(run)
+    commit(run)
+    reconcile_feed(run)
+    return report(run)
+
+
+def prepare(job: IndexJobConfig, config_yaml: str) -> IndexRun:
+    """List the inputs, start the backend, open the index and record the config. Nothing in the index
+    changes before the listing, the output bucket and the backend's resource check have passed."""
+    inline = InlineFeed.from_config(job.vespa)
+    source = absolute(job.source.location)
+    output = absolute(job.output.location)
+    files, skipped = io.list_inputs(
+        source, suffixes=tuple(job.source.suffixes), glob=job.source.glob, storage_options=job.source.storage_options
+    )
+    if not files:
+        msg = f"no input files matching {list(job.source.suffixes)} under {source!r}"
+        raise ConfigError(msg)
+    logger.info("listed %d input files under %s (%d skipped by suffix)", len(files), source, len(skipped))
+    io.require_bucket(output, job.output.storage_options, "output")
+    stage_plan = job.stage_plan()
+    backend = backends.create(job.backend, job.ray, backends.worker_env())
+    backend.start(stage_plan)  # before touching an existing index: a plan that cannot run changes nothing
+    location = IndexLocation(output, job.output.storage_options)
+    run = IndexRun(job, config_yaml, stage_plan, backend, inline, source, location, files, skipped)
+    book = location.ledger
+    try:
+        if job.output.mode == "overwrite":
+            location.clear_tables()
+        book.check_config(job.model.name, job.config_hash(), job.vector_settings())
+    except (FileNotFoundError, PermissionError) as exc:
+        raise io.storage_error(output, exc, "output") from exc
+    run.recovered = book.recover()
+    location.write_text(CONFIG_FILE, config_yaml)
+    return run
+
+
+def plan(run: IndexRun) -> None:
+    """Decide what this run does with every listed file and write the plan before any work starts."""
+    run.started = time.perf_counter()
+    run.started_at = dt.datetime.now(dt.UTC)
+    source = run.job.source
+    run.work = run.location.ledger.plan(
+        run.files,
+        run.run_id,
+        storage_options=source.storage_options,
+        sync=source.sync,
+        sync_root=io.location_uri(run.source, source.storage_options),
+        retry_failed=source.retry_failed,
+        max_retries=source.max_retries,
+        hash_threads=source.hash_threads,
+    )
+    logger.info("plan: %s", run.work.counts())
+
+
+def execute(run: IndexRun) -> None:
+    """Run the stages over the files to process, into the index (and Vespa, when feeding inline)."""
+    if not run.work.process:
+        return
+    writer = PartWriter(run.location, run.job.model.name, run.job.config_hash(), run.run_id)
+    block_writer = run.inline.writer(writer, run.location) if run.inline else writer
+    sources = pa.table(
+        {"source_uri": [f.uri for f in run.work.process], "source_size": [f.size for f in run.work.process]},
+        schema=schema.SOURCE_SCHEMA,
+    )
+    run.totals = run.backend.execute(sources, run.stage_plan, block_writer)
+
+
+def commit(run: IndexRun) -> None:
+    """Commit the run's complete documents, then compact this run's parts and any a crash left."""
+    failpoints.hit("before_commit")
+    book = run.location.ledger
+    run.commit = book.commit(run.run_id)
+    compacted_runs, compact_tags = book.compaction_due()
+    run.compaction = run.location.compact(compact_tags)
+    book.mark_compacted(compacted_runs, run.compaction)
+    run.wall_s = time.perf_counter() - run.started
+
+
+def reconcile_feed(run: IndexRun) -> None:
+    """Feeding inline: feed what was not acknowledged, remove stale pages (and, with sync, removed ones)."""
+    if run.inline is not None:
+        run.vespa = run.inline.reconcile(run.location, run.job.source.sync, run.totals)
+
+
+def report(run: IndexRun) -> dict[str, Any]:
+    """The run report: the run, the accounting of every listed file, totals of the index; also written
+    to ``<index>/run_report.json``."""
+    job, wall_s = run.job, run.wall_s
+    summary = accounting.summarize(run.location, run.files, run.work)
+    pages_embedded = int(run.totals.get("pages", 0))
+    failed_rate = summary["files_failed_entirely"] / len(run.files)
+    out = {
+        "run_id": run.run_id,
+        "started_at": run.started_at.isoformat(),
+        "wall_seconds": round(wall_s, 3),
+        "pages_embedded": pages_embedded,
+        "pages_per_second": round(pages_embedded / wall_s, 3) if wall_s > 0 else None,
+        "backend": job.backend,
+        "mode": job.output.mode,
+        "source": run.source,
+        "index": run.location.location,
+        "model": job.model.name,
+        "is_test_model": job.spec.is_test_model,
+        "config_hash": job.config_hash(),
+        "settings": job.vector_settings(),
+        "plan": run.work.counts(),
+        "recovered_runs": run.recovered,
+        "commit": run.commit,
+        "compaction": run.compaction,
+        "written": run.totals,
+        **summary,
+        "failed_rate": round(failed_rate, 4),
+        "max_error_rate": job.max_error_rate,
+        "error_rate_exceeded": failed_rate > job.max_error_rate,
+        "files_skipped_by_suffix": run.skipped,
+        "suffixes": list(job.source.suffixes),
+        "versions": environment.versions(("ray", "torch", "transformers", "colpali-engine", "pyarrow", "pdf2image")),
+        "vespa": run.vespa,
+    }
+    run.location.write_text(REPORT_FILE, json.dumps(out, indent=2, default=str))
+    return out

@@ -1,0 +1,148 @@
+"""Part-file storage of one index: paths, small text files and append-only Parquet part files.
+
+This is the bottom layer of :mod:`pipelines.index`; it knows nothing about runs, the ledger or which
+rows are visible. Layout under the index root::
+
+    pages/part-*.parquet     one row per page           (schema.PAGES_TABLE_SCHEMA)
+    errors/part-*.parquet    one row per failed file/page (schema.ERRORS_TABLE_SCHEMA)
+    config.yaml              the resolved config of the last run
+    run_report.json          counts, timings and accounting of the last run
+
+Part files are named ``part-<ns>-<tag>-<rand>.parquet``: names sort in write order, never collide
+between parallel writers, and carry the run that wrote them (the tag).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import io, schema
+
+PAGES_DIR = "pages"
+ERRORS_DIR = "errors"
+REPORT_FILE = "run_report.json"
+CONFIG_FILE = "config.yaml"
+
+#: Schema of each table, and the columns that decide which of its rows are visible (pipelines.index.view).
+TABLES = {
+    PAGES_DIR: (schema.PAGES_TABLE_SCHEMA, ["doc_id", "page_id", "source_uri"]),
+    ERRORS_DIR: (schema.ERRORS_TABLE_SCHEMA, ["doc_id", "source_uri", "page_number"]),
+}
+
+
+def part_tag(path: str) -> str | None:
+    """The run tag in a part file name (``part-<ns>-<tag>-<rand>.parquet``), None for untagged parts."""
+    pieces = posixpath.basename(path).split("-")
+    return pieces[2] if len(pieces) == 4 else None
+
+
+class PartStore:
+    """Paths, text files and Parquet part files of one index on one filesystem."""
+
+    def __init__(self, location: str, storage_options: Mapping[str, Any] | None = None):
+        self.location = location
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = io.filesystem_for(location, self.storage_options)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def remove_dirs(self, *names: str) -> None:
+        """Delete the named directories (relative to the root) and everything under them."""
+        for name in names:
+            if self.fs.exists(self.path(name)):
+                self.fs.rm(self.path(name), recursive=True)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a small text file whole (see :meth:`_write_whole`)."""
+        self.fs.makedirs(posixpath.dirname(self.path(name)), exist_ok=True)
+        self._write_whole(self.path(name), text.encode())
+
+    def _write_whole(self, path: str, data: bytes) -> None:
+        """Write ``data`` so that readers see the whole file or no file, even if this process is killed.
+
+        On object stores an upload becomes visible only once complete. On local and network
+        filesystems a killed writer would leave a truncated file, so the bytes go to a hidden
+        temporary name in the same directory first (``part_files`` never lists it) and are renamed,
+        which is atomic there.
+        """
+        if not _is_local(self.fs):
+            with self.fs.open(path, "wb") as handle:
+                handle.write(data)
+            return
+        directory, name = posixpath.split(path)
+        temporary = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with self.fs.open(temporary, "wb") as handle:
+            handle.write(data)
+        self.fs.mv(temporary, path)
+
+    def read_text(self, name: str) -> str:
+        with self.fs.open(self.path(name), "r") as handle:
+            return handle.read()
+
+    def read_report(self) -> dict:
+        return json.loads(self.read_text(REPORT_FILE))
+
+    def write_part(self, directory: str, table: pa.Table, tag: str | None = None) -> str:
+        """Write ``table`` as a new Parquet part file under ``directory`` (relative to the index root).
+
+        Names sort in write order and are unique, so parallel writers never collide; ``tag`` (a run
+        id, no dashes) is embedded in the name. Returns the file's path.
+        """
+        self.fs.makedirs(self.path(directory), exist_ok=True)
+        middle = f"-{tag}" if tag else ""
+        path = self.path(directory, f"part-{time.time_ns():020d}{middle}-{uuid.uuid4().hex[:12]}.parquet")
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        self._write_whole(path, buffer.getvalue().to_pybytes())
+        return path
+
+    def read_part(self, path: str, table_schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open(path, "rb") as handle:
+            return io.read_parquet(handle, columns, table_schema)
+
+    def part_files(self, directory: str) -> list[str]:
+        path = self.path(directory)
+        return sorted(self.fs.glob(posixpath.join(path, "*.parquet"))) if self.fs.exists(path) else []
+
+    def iter_part_files(
+        self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None, tags: set[str] | None = None
+    ) -> Iterator[tuple[str, pa.Table]]:
+        """``(path, table)`` of every part file under ``directory`` (only those tagged with one of ``tags``,
+        if given), in name (= write) order."""
+        for file in self.part_files(directory):
+            if tags is not None and part_tag(file) not in tags:
+                continue
+            yield file, self.read_part(file, table_schema, columns)
+
+    def iter_parts(
+        self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
+        """The part files under ``directory``, one table each, in name (= write) order (every row)."""
+        for _, table in self.iter_part_files(directory, table_schema, columns):
+            yield table
+
+    def read_parts(self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        """All part files under ``directory`` as one table (empty, with the schema, if there are none)."""
+        return concat(list(self.iter_parts(directory, table_schema, columns)), table_schema, columns)
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def concat(tables: list[pa.Table], table_schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    """``tables`` as one table; an empty table of ``table_schema`` (``columns`` of it) when there are none."""
+    if tables:
+        return pa.concat_tables(tables)
+    empty = table_schema.empty_table()
+    return empty.select(columns) if columns else empty

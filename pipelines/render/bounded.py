@@ -1,0 +1,170 @@
+"""Bounded child processes: a memory limit, a timeout, and capped output for every renderer child.
+
+Every poppler tool and the pdfium worker runs as its own process with ``RLIMIT_AS`` set in the child
+(:func:`limit_memory`), in its own session (so a timeout kills it and anything it started), with its
+output read from pipes by threads into bounded buffers (:class:`CappedReader`): a child that writes
+gigabytes of warnings costs the job a few KB, never the child's output size. A child that dies over
+its memory limit is told apart from other failures (:func:`over_memory_limit`) so it becomes its own
+error type (``memory_limit``) instead of an out-of-memory kill of the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+#: stderr bytes kept per child (the start: the first warnings are the informative ones).
+STDERR_KEEP = 8 * 1024
+#: Signals a process over RLIMIT_AS typically dies of: a failed allocation poppler or pdfium does not
+#: check (SIGSEGV/SIGBUS), ``std::bad_alloc``/``abort()`` (SIGABRT), PartitionAlloc's OOM crash (SIGTRAP).
+_OOM_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGTRAP})
+_OOM_MESSAGES = ("out of memory", "bad_alloc", "memoryerror", "cannot allocate memory", "failed to allocate")
+
+
+def limit_memory(limit_bytes: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that sets the child's address-space limit (None: no limit, no preexec)."""
+    if not limit_bytes:
+        return None
+
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    return preexec
+
+
+class CappedReader(threading.Thread):
+    """Drain a pipe to its end on a thread, keeping at most ``keep`` bytes (the first ones).
+
+    Reading to the end (and discarding the rest) keeps the child from blocking on a full pipe; keeping
+    only the start bounds what the job holds however much the child writes.
+    """
+
+    def __init__(self, pipe, keep: int):
+        super().__init__(daemon=True)
+        self.pipe, self.keep = pipe, keep
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+
+    def run(self) -> None:
+        try:
+            while chunk := self.pipe.read(65536):
+                self.total += len(chunk)
+                if self.kept < self.keep:
+                    chunk = chunk[: self.keep - self.kept]
+                    self.chunks.append(chunk)
+                    self.kept += len(chunk)
+        except (OSError, ValueError):  # the pipe was closed under us (the child was killed)
+            pass
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.kept
+
+
+@dataclass
+class BoundedResult:
+    """What a bounded child did: exit status (negative: killed by that signal), kept output, sizes."""
+
+    args: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_bytes: int
+    memory_limit: int | None
+    seconds: float
+
+    @property
+    def stderr_text(self) -> str:
+        text = self.stderr.decode("utf-8", "replace").strip()
+        if self.stderr_bytes > len(self.stderr):
+            text += f" [... {self.stderr_bytes - len(self.stderr)} more bytes of stderr dropped]"
+        return text
+
+    @property
+    def over_memory_limit(self) -> bool:
+        return over_memory_limit(self.returncode, self.stderr, self.memory_limit)
+
+
+class ChildTimeout(Exception):
+    """A bounded child did not finish in time; it and its process group were killed."""
+
+    def __init__(self, args: Sequence[str], timeout: float, stderr: bytes = b""):
+        super().__init__(f"{args[0]} did not finish within {timeout:.1f}s")
+        self.args_run, self.timeout, self.stderr = list(args), timeout, stderr
+
+
+def over_memory_limit(returncode: int, stderr: bytes, limit: int | None) -> bool:
+    """True when a child that ran under ``limit`` most likely died of it (a signal or an OOM message)."""
+    if not limit or returncode == 0:
+        return False
+    if returncode < 0 and -returncode in _OOM_SIGNALS:
+        return True
+    text = stderr[-4096:].decode("utf-8", "replace").lower() + stderr[:4096].decode("utf-8", "replace").lower()
+    return any(message in text for message in _OOM_MESSAGES)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a child started with ``start_new_session`` and everything in its process group, then reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    process.wait()
+
+
+def run_bounded(
+    args: Sequence[str],
+    timeout: float,
+    memory_limit: int | None,
+    stdout_cap: int,
+    stderr_cap: int = STDERR_KEEP,
+) -> BoundedResult:
+    """Run ``args`` with a memory limit, a timeout and capped output; never raises for the child's failures
+    except :class:`ChildTimeout` (the child is killed first)."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        list(args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit_memory(memory_limit),
+        start_new_session=True,
+    )
+    out, err = CappedReader(process.stdout, stdout_cap), CappedReader(process.stderr, stderr_cap)
+    out.start()
+    err.start()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        kill_group(process)
+        out.join(5)
+        err.join(5)
+        raise ChildTimeout(args, timeout, err.data) from exc
+    out.join()
+    err.join()
+    process.stdout.close()
+    process.stderr.close()
+    return BoundedResult(
+        args=list(args),
+        returncode=process.returncode,
+        stdout=out.data,
+        stderr=err.data,
+        stdout_truncated=out.truncated,
+        stderr_bytes=err.total,
+        memory_limit=memory_limit,
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,33 @@
+"""Bounded children: capped output, killed at the timeout, a memory limit told apart from other failures."""
+
+import sys
+import time
+
+import pytest
+
+from pipelines.render.bounded import STDERR_KEEP, ChildTimeout, over_memory_limit, run_bounded
+
+
+def test_output_is_capped_however_much_the_child_writes():
+    code = "import sys; sys.stderr.write('w' * 20_000_000); sys.stdout.write('o' * 5_000_000)"
+    result = run_bounded([sys.executable, "-c", code], timeout=30, memory_limit=None, stdout_cap=1000)
+    assert result.returncode == 0
+    assert len(result.stderr) == STDERR_KEEP and result.stderr_bytes == 20_000_000
+    assert len(result.stdout) == 1000 and result.stdout_truncated
+    assert "more bytes of stderr dropped" in result.stderr_text
+
+
+def test_a_child_over_its_memory_limit_is_recognised():
+    code = "x = bytearray(1_500_000_000)"
+    result = run_bounded([sys.executable, "-c", code], timeout=30, memory_limit=512 * 2**20, stdout_cap=100)
+    assert result.returncode != 0 and result.over_memory_limit
+    unlimited = run_bounded([sys.executable, "-c", "raise SystemExit(3)"], 30, 512 * 2**20, 100)
+    assert unlimited.returncode == 3 and not unlimited.over_memory_limit
+    assert over_memory_limit(-11, b"", 2**30) and not over_memory_limit(-11, b"", None)
+
+
+def test_a_child_past_its_timeout_is_killed():
+    started = time.monotonic()
+    with pytest.raises(ChildTimeout):
+        run_bounded([sys.executable, "-c", "import time; time.sleep(60)"], 0.5, None, 100)
+    assert time.monotonic() - started < 10

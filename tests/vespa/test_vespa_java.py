@@ -1,0 +1,328 @@
+"""Our Vespa application package, feed documents and rank expressions, checked by Vespa's own Java code.
+
+One run of ``infra/vespa/verify`` (Vespa's config model, document JSON reader and ranking-expression
+evaluation, pinned in its pom.xml) per session does everything: it builds the generated packages
+(``infra/vespa/app``, ``infra/vespa/multinode``) and a deliberately broken one as a config server
+prepares them, reads the feed operations our code writes for an index of the sample corpus (TEST model)
+with the document types derived from our schema, and evaluates every rank profile's phases on those
+documents and the query bodies our code sends. The scores must equal the local search's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pipelines import schema
+from pipelines.index import IndexLocation
+from pipelines.search import LocalIndex, Searcher
+from pipelines.vespa import app, documents, query, remove
+from tests.vespa import vespa_java
+from tests.vespa.conftest import vespa_id
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+SCHEMA_FILE = f"schemas/{app.SCHEMA_NAME}.sd"
+#: Values for the features no document or query tensor provides (the hybrid profile's BM25 terms).
+FEATURES = {"bm25(title)": 1.5, "bm25(text)": 0.25}
+#: Sample queries scored (each costs the JVM several seconds: Java evaluates unpack_bits slowly).
+QUERIES = 2
+#: Pages also fed in the list form, to see what Vespa stores for it.
+LIST_FORM_PAGES = 2
+#: A source URI the selection's string literal must escape.
+QUOTED_URI = 'file:///no/such "quoted" \\ path.pdf'
+#: A mismatched join: float query tokens (v[128]) against the packed bytes (v[16]) without unpack_bits.
+BROKEN_MAX_SIM = app.MAX_SIM_UNPACKED.replace(
+    f"unpack_bits(attribute({app.BINARY_FIELD}))", f"attribute({app.BINARY_FIELD})"
+)
+
+
+def index_pages(sample_corpus: Path, out: Path) -> None:
+    from pipelines.driver import run_index
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "index",
+            overrides=["model=tiny", f"source.location={sample_corpus}", f"output.location={out}", "backend=local"],
+        )
+    report = run_index(cfg)
+    assert report["pages_indexed"] > 0, report
+
+
+def query_vectors(index: Path, queries_file: Path) -> list[np.ndarray]:
+    """Sample queries encoded by the TEST model."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("search", overrides=[f"index={index}"])
+    texts = [json.loads(line)["query"] for line in queries_file.read_text().splitlines()]
+    return Searcher.from_config(cfg).encode(texts[:QUERIES])
+
+
+def long_query() -> np.ndarray:
+    """70 random unit tokens: more than the 64 ``query(rqN)`` inputs."""
+    vectors = np.random.default_rng(5).normal(size=(70, schema.EMBEDDING_DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bfloat16_cells(vectors: np.ndarray, rounding: str) -> dict[str, list[float]]:
+    """Per-patch cells as float values of bfloat16: our round-to-nearest-even bits, or the float32 truncated."""
+    if rounding == "nearest":
+        values = documents.from_bfloat16_bits(documents.to_bfloat16_bits(vectors))
+    else:
+        bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+        values = bits.view(np.float32)
+    return {str(i): row.astype(np.float64).tolist() for i, row in enumerate(values)}
+
+
+def put_operation(fields: dict, page_id: str, binary: np.ndarray, vectors: np.ndarray, rounding: str) -> dict:
+    return {
+        "op": "put",
+        "id": vespa_id(page_id),
+        # The exact body pyvespa's feed_data_point POSTs to /document/v1.
+        "body": json.dumps({"fields": fields}),
+        "expected": {
+            app.BINARY_FIELD: {"cells": {str(i): row.view(np.int8).tolist() for i, row in enumerate(binary)}},
+            app.FLOAT_FIELD: {
+                "cells": bfloat16_cells(vectors, rounding),
+                "original": {str(i): row.astype(np.float64).tolist() for i, row in enumerate(vectors)},
+            },
+        },
+    }
+
+
+def rerank_vectors(row: dict) -> np.ndarray:
+    """The page's float re-ranking vectors as the index stores them (unpooled with the default pooling)."""
+    return schema.decode_embedding(documents.rerank_vectors(row))
+
+
+def broken_package(root: Path) -> Path:
+    files = app.package_files(app.VespaAppSettings())
+    assert app.MAX_SIM_UNPACKED in files[SCHEMA_FILE]
+    files[SCHEMA_FILE] = files[SCHEMA_FILE].replace(app.MAX_SIM_UNPACKED, BROKEN_MAX_SIM)
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="session")
+def verified(tiny_model_dir, sample_corpus, tmp_path_factory):
+    """One run of the Java program over everything, with the local data it was given."""
+    work = tmp_path_factory.mktemp("vespa-java")
+    index_pages(sample_corpus, work / "index")
+    pages = IndexLocation(str(work / "index")).read_pages()
+    local = LocalIndex(pages)
+    queries = query_vectors(work / "index", sample_corpus / "queries.jsonl")
+
+    # Copies: preparing a package writes next to it (.preprocessed), and infra/ must stay as generated.
+    packages = {name: work / name for name in ("app", "multinode")}
+    for name, path in packages.items():
+        shutil.copytree(REPO / "infra" / "vespa" / name, path)
+    packages["broken"] = broken_package(work / "broken")
+
+    settings = documents.DocumentSettings()
+    operations, ranked = [], []
+    for row, doc in zip(pages.to_pylist(), documents.iter_documents(pages, settings), strict=True):
+        binary, vectors = schema.decode_binary(row["binary"]), rerank_vectors(row)
+        operations.append(put_operation(doc["fields"], doc["id"], binary, vectors.astype(np.float32), "nearest"))
+        ranked.append(vespa_id(doc["id"]))
+    list_settings = documents.DocumentSettings(form="list")
+    for row in pages.to_pylist()[:LIST_FORM_PAGES]:
+        doc = documents.page_document(row, list_settings)
+        binary, vectors = schema.decode_binary(row["binary"]), rerank_vectors(row)
+        page_id = f"{doc['id']}-list"
+        operations.append(put_operation(doc["fields"], page_id, binary, vectors.astype(np.float32), "truncated"))
+    operations += [{"op": "remove", "id": vespa_id(p)} for p in pages.column("page_id").to_pylist()[:2]]
+    first_doc = pages.column("doc_id")[0].as_py()
+    selections = [
+        remove.selection(app.SCHEMA_NAME, "doc_id", first_doc),
+        remove.selection(app.SCHEMA_NAME, "source_uri", QUOTED_URI),
+    ]
+    bodies = [
+        json.dumps(query.build_query_body(q, "two_phase", 10, query.VespaQuerySettings(), app.SCHEMA_NAME))
+        for q in [*queries, long_query()]
+    ]
+    request = {
+        "packages": {name: str(path) for name, path in packages.items()},
+        "feed": {"package": "app", "operations": operations, "selections": selections},
+        "rank": {
+            "package": "app",
+            "queries": bodies[:-1],
+            "inputs_only": bodies[-1:],  # 70 tokens: only its inputs (a scored one costs the JVM many seconds)
+            "documents": ranked,
+            "features": FEATURES,
+        },
+    }
+    try:
+        result = vespa_java.run(request, work / "run")
+    except vespa_java.VespaJavaError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return {"result": result, "pages": pages, "local": local, "queries": queries, "first_doc": first_doc}
+
+
+def profile_names(schema_text: str) -> set[str]:
+    return set(re.findall(r"^\s*rank-profile (\w+)", schema_text, re.M))
+
+
+@pytest.mark.parametrize("name", ["app", "multinode"])
+def test_generated_packages_build_in_vespas_config_model(verified, name):
+    report = verified["result"]["packages"][name]
+    assert report["ok"], report.get("error")
+    assert report["document_types_by_cluster"] == {"pages": [app.SCHEMA_NAME]}
+    # Only the warnings no package can avoid here: no C++ rank-setup verifier, and placeholder host names.
+    unexpected = [
+        line
+        for line in report["deploy_log"]
+        if line.startswith("WARNING")
+        and "vespa-verify-ranksetup-bin" not in line
+        and "Unable to lookup IP address" not in line
+    ]
+    assert not unexpected
+    assert profile_names(app.package_files(app.VespaAppSettings())[SCHEMA_FILE]) <= set(report["rank_profiles"])
+
+
+def test_multinode_indexes_on_the_feed_cluster(verified):
+    report = verified["result"]["packages"]["multinode"]
+    assert report["indexing_cluster"] == {"pages": "feed"}
+    assert report["hosts"] == 11 and set(report["container_clusters"]) == {"feed", "default"}
+
+
+def test_embedding_attributes_are_derived_as_intended(verified):
+    attributes = {a["name"]: a for a in verified["result"]["packages"]["app"]["attributes"]}
+    binary, floats = attributes[app.BINARY_FIELD], attributes[app.FLOAT_FIELD]
+    assert binary["tensortype"] == app.BINARY_TENSOR.replace(" ", "") and binary["distancemetric"] == "HAMMING"
+    assert binary["index"]["hnsw"]["enabled"] and binary["index"]["hnsw"]["maxlinkspernode"] == 32
+    assert not binary["paged"]
+    assert floats["tensortype"] == app.FLOAT_TENSOR.replace(" ", "") and floats["paged"]
+    assert not floats["index"]["hnsw"]["enabled"]
+
+
+def test_rank_profiles_compile_with_inheritance_and_declared_inputs(verified):
+    profiles = {
+        name: dict(reversed(props)) for name, props in verified["result"]["packages"]["app"]["rank_profiles"].items()
+    }
+    for name in ("binary", "two_phase", "two_phase_unpacked", "hybrid", "float"):
+        props = profiles[name]
+        # Inherited inputs: all 64 per-token query tensors, and both MaxSim inputs.
+        assert props["vespa.type.query.qt"] == app.QUERY_FLOAT_TENSOR.replace(" ", "")
+        assert props["vespa.type.query.qtb"] == app.QUERY_BINARY_TENSOR.replace(" ", "")
+        assert sum(k.startswith("vespa.type.query.rq") for k in props) == 64
+        assert "rankingExpression(max_sim_unpacked).rankingScript" in props  # inherited functions
+        assert "rankingExpression(max_sim_float).rankingScript" in props
+    for name in ("two_phase", "two_phase_unpacked"):
+        assert profiles[name]["vespa.rank.firstphase"] == "rankingExpression(max_sim_binary)"
+        assert profiles[name]["vespa.hitcollector.heapsize"] == "200"  # rerank-count
+    assert profiles["two_phase"]["vespa.rank.secondphase"] == "rankingExpression(max_sim_float)"
+    assert profiles["two_phase_unpacked"]["vespa.rank.secondphase"] == "rankingExpression(max_sim_unpacked)"
+    assert profiles["float"]["vespa.rank.firstphase"] == "rankingExpression(max_sim_float)"
+    assert "vespa.rank.secondphase" not in profiles["float"] and "vespa.rank.secondphase" not in profiles["binary"]
+    # unpack_bits compiles to big-endian bit extraction: most significant bit first, numpy packbits' order.
+    assert "7-(v % 8)" in profiles["binary"]["rankingExpression(max_sim_unpacked).rankingScript"]
+
+
+def test_a_rank_expression_with_mismatched_tensor_types_fails_with_vespas_message(verified):
+    report = verified["result"]["packages"]["broken"]
+    assert not report["ok"]
+    message = report["error"]
+    assert "rank profile 'binary'" in message and "max_sim" in message, message
+    assert "v[128]" in message and "v[16]" in message, message
+
+
+def test_feed_documents_are_read_by_vespas_json_reader_with_the_cells_we_started_from(verified):
+    operations = verified["result"]["feed"]["operations"]
+    failed = [(o["id"], o.get("error")) for o in operations if not o["ok"]]
+    assert not failed
+    puts = [o for o in operations if o["op"] == "put"]
+    assert len(puts) == len(verified["pages"]) + LIST_FORM_PAGES
+    assert sum(o["op"] == "remove" for o in operations) == 2
+    pages = verified["pages"]
+    n_vectors = pages.column("n_vectors").to_pylist()
+    # The default pooling stores unpooled re-ranking vectors apart from the pooled candidates (pool factor 3).
+    n_rerank = pages.column("n_rerank_vectors").to_pylist()
+    assert all(r > n for r, n in zip(n_rerank, n_vectors, strict=True))
+    sizes = list(zip(n_vectors, n_rerank, strict=True))
+    for op, (n, n_float) in zip(puts, sizes + sizes[:LIST_FORM_PAGES], strict=True):
+        binary, floats = op["fields"][app.BINARY_FIELD], op["fields"][app.FLOAT_FIELD]
+        assert binary["type"] == app.BINARY_TENSOR.replace(" ", "") and floats["type"] == app.FLOAT_TENSOR.replace(
+            " ", ""
+        )
+        assert binary["subspaces"] == n and floats["subspaces"] == n_float
+        assert binary["mismatches"] == 0 and binary["cells"] == n * schema.BINARY_BYTES
+        # hex: exactly our round-to-nearest-even bfloat16 bits; list: Vespa truncates the floats to bfloat16.
+        assert floats["mismatches"] == 0, floats.get("first_mismatch")
+        bound = 2**-7 if op["id"].endswith("-list") else 2**-8  # truncation: one unit, rounding: half a unit
+        assert floats["max_relative_error_vs_original"] <= bound
+
+
+def test_selection_deletes_match_exactly_the_documents_pages(verified):
+    selections = verified["result"]["feed"]["selections"]
+    page_ids, doc_ids = verified["pages"]["page_id"].to_pylist(), verified["pages"]["doc_id"].to_pylist()
+    first = verified["first_doc"]
+    expected = {vespa_id(p) for p, d in zip(page_ids, doc_ids, strict=True) if d == first}
+    expected |= {
+        vespa_id(f"{p}-list") for p, d in zip(page_ids[:LIST_FORM_PAGES], doc_ids, strict=False) if d == first
+    }
+    by_doc = selections[remove.selection(app.SCHEMA_NAME, "doc_id", first)]
+    assert "error" not in by_doc and set(by_doc["matched"]) == expected
+    quoted = selections[remove.selection(app.SCHEMA_NAME, "source_uri", QUOTED_URI)]
+    assert "error" not in quoted and quoted["matched"] == []
+
+
+def test_query_bodies_convert_to_the_declared_input_types(verified):
+    profile = verified["result"]["rank"]["profiles"]["two_phase"]
+    # query(qt), query(qtb) and one query(rqN) per token, up to the 64 the profile declares.
+    assert profile["inputs_converted"] == [2 + min(len(q), 64) for q in verified["queries"]]
+    assert profile["inputs_only_converted"] == [2 + 64]
+
+
+def test_vespa_scores_equal_local_search_scores_for_every_profile(verified):
+    rank = verified["result"]["rank"]["profiles"]
+    assert all(p["ok"] for p in rank.values()), {k: p.get("error") for k, p in rank.items()}
+    assert set(rank) == profile_names(app.package_files(app.VespaAppSettings())[SCHEMA_FILE])
+    local: LocalIndex = verified["local"]
+    every_page = np.arange(len(local))
+    bm25 = app.VespaAppSettings().hybrid_bm25_weight * sum(FEATURES.values())
+    for i, q in enumerate(verified["queries"]):
+        hamming = local.hamming_maxsim(q)
+        unpacked = local.unpacked_maxsim(q, every_page)
+        # Vespa holds bfloat16, the local index float16: equal within bfloat16 precision.
+        exact = local.float_maxsim_of(q, every_page)
+        expected = {
+            ("binary", "firstphase"): (hamming, 1e-12),
+            ("two_phase", "firstphase"): (hamming, 1e-12),
+            ("two_phase", "secondphase"): (exact, 1e-2),
+            ("two_phase_unpacked", "firstphase"): (hamming, 1e-12),
+            ("two_phase_unpacked", "secondphase"): (unpacked, 1e-5),
+            ("hybrid", "firstphase"): (hamming, 1e-12),
+            ("hybrid", "secondphase"): (exact + bm25, 1e-2),
+            ("float", "firstphase"): (local.float_maxsim(q), 1e-2),
+        }
+        for (profile, phase), (scores, rtol) in expected.items():
+            np.testing.assert_allclose(
+                rank[profile][phase]["scores"][i], scores, rtol=rtol, err_msg=f"{profile} {phase}"
+            )
+        assert len(set(np.round(hamming, 6))) > 3, "scores must vary for the comparison to mean anything"
+    assert {p: sorted(k for k in v if k.endswith("phase")) for p, v in rank.items()} == {
+        "binary": ["firstphase"],
+        "two_phase": ["firstphase", "secondphase"],
+        "two_phase_unpacked": ["firstphase", "secondphase"],
+        "hybrid": ["firstphase", "secondphase"],
+        "float": ["firstphase"],
+    }
+
+
+@pytest.mark.parametrize(("profile", "phase"), [("float", "firstphase"), ("two_phase", "secondphase")])
+def test_float_phases_are_exact_maxsim_over_the_fed_bfloat16_cells(verified, profile, phase):
+    rank = verified["result"]["rank"]["profiles"][profile][phase]["scores"]
+    pages = verified["pages"]
+    for i, q in enumerate(verified["queries"]):
+        expected = []
+        for row in pages.select(["embedding", "rerank_embedding"]).to_pylist():
+            stored = documents.from_bfloat16_bits(documents.to_bfloat16_bits(rerank_vectors(row)))
+            expected.append(float((q.astype(np.float64) @ stored.astype(np.float64).T).max(axis=1).sum()))
+        np.testing.assert_allclose(rank[i], expected, rtol=1e-5)
