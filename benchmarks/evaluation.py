@@ -77,17 +77,6 @@ TEST_MODEL_WARNING = (
     "TEST MODEL: '{model}' has random weights. These numbers say nothing about retrieval quality; "
     "they only show that indexing, search and scoring run end to end."
 )
-_VERSIONED = (
-    "torch",
-    "transformers",
-    "colpali-engine",
-    "ray",
-    "numpy",
-    "pyarrow",
-    "ir-measures",
-    "pdf2image",
-    "hydra-core",
-)
 
 
 class EvaluationError(RuntimeError):
@@ -275,7 +264,7 @@ def run_evaluation(cfg: DictConfig, command: str | None = None) -> dict[str, Any
             "vespa_query": OmegaConf.to_container(cfg.vespa.query, resolve=True) if endpoint.configured else None,
         },
         "machine": environment.machine_info(),
-        "versions": environment.versions(_VERSIONED),
+        "versions": environment.versions(environment.DEFAULT_PACKAGES),
         "indexes": indexes,
         "results": results,
         "chance": {k: round(v, 4) for k, v in chance.items()} if chance else None,

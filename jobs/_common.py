@@ -1,4 +1,4 @@
-"""Shared entry-point plumbing: logging and turning config errors into a clear exit."""
+"""Shared entry-point plumbing: logging, and printing an error with the exit status a job returns."""
 
 from __future__ import annotations
 
@@ -12,11 +12,6 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def error(message: str, code: int = 2) -> int:

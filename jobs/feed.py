@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from jobs._common import fail, setup_logging
+from jobs._common import error, setup_logging
 from pipelines import index
 from pipelines.errors import ConfigError
 from pipelines.vespa import config, remove, replay
@@ -53,14 +53,15 @@ def print_report(report: dict) -> None:
         print(f"  failed {failure['op']} {failure['page_id']}: HTTP {failure['status']} {failure['message'][:200]}")
 
 
-def delete_document(cfg: DictConfig) -> None:
+def delete_document(cfg: DictConfig) -> int:
+    """Delete one document's pages from Vespa (selection delete); returns the exit status."""
     endpoint = config.endpoint(cfg)
     feed_settings = config.settings(cfg, "feed")
     field, value = ("doc_id", cfg.delete.doc_id) if cfg.delete.doc_id else ("source_uri", cfg.delete.source_uri)
     try:
         removed = remove.delete_where(endpoint, field, str(value), feed_settings)
     except remove.DeleteError as exc:
-        fail(str(exc), code=EXIT_FAILED)
+        return error(str(exc), code=EXIT_FAILED)
     print(f"removed {removed} pages where {field} == {value!r} from {endpoint.safe_url}")
     # Keep the feed log in step: a resumed replay must not put these pages back (mode=full does).
     location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
@@ -72,18 +73,17 @@ def delete_document(cfg: DictConfig) -> None:
             if row["op"] == "put" and row[field] == value
         ]
         log.append(gone, run_id="delete")
+    return 0
 
 
-@hydra.main(config_path="../conf", config_name="feed", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    setup_logging(cfg.log_level)
+def run(cfg: DictConfig) -> int:
+    """Replay the index into Vespa (or delete a document) in this process; returns the exit status."""
     try:
         endpoint = config.endpoint(cfg)
         doc_settings = config.settings(cfg, "documents")
         feed_settings = config.settings(cfg, "feed")
         if cfg.delete.doc_id or cfg.delete.source_uri:
-            delete_document(cfg)
-            return
+            return delete_document(cfg)
         location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
         if not location.fs.exists(location.path(index.CONFIG_FILE)):
             msg = f"no index at {cfg.index!r}; run jobs.index first or set index=<path>"
@@ -98,13 +98,20 @@ def main(cfg: DictConfig) -> None:
             checkpoint_every=int(cfg.checkpoint_every),
         )
     except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+        return error(str(exc))
     print_report(report)
     if report["blocked"]:
-        fail(blocked_help(report), code=EXIT_BLOCKED)
+        return error(blocked_help(report), code=EXIT_BLOCKED)
     if not report["complete"]:
-        fail(f"{report['failures_total']} operations failed; rerun to retry them", code=EXIT_FAILED)
+        return error(f"{report['failures_total']} operations failed; rerun to retry them", code=EXIT_FAILED)
+    return 0
+
+
+@hydra.main(config_path="../conf", config_name="feed", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    setup_logging(cfg.log_level)
+    sys.exit(run(cfg))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
