@@ -25,6 +25,7 @@ def results(tmp_path_factory, sample_corpus, shared_corpus, tiny_model_dir) -> d
             sample_dir=sample_corpus,
             shared_dir=shared_corpus,
             embed_at_reference_budget=False,  # tiny weights at 602k px cost seconds per page on CPU
+            memory=False,  # the process-tree memory run renders the hostile set: a benchmark, not a test
         ),
         "index_size": index_size.bench_index_size(size=4),
         "fidelity": fidelity.bench_fidelity(size=12, n_queries=6, real=False, vectors_per_page=(40, 60)),

@@ -17,17 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pipelines import schema
 from pipelines.index import IndexLocation
 from pipelines.search import LocalIndex, Searcher
 from pipelines.vespa import app, documents, query, remove
+from tests.helpers import compose_config
 from tests.vespa import vespa_java
 from tests.vespa.conftest import vespa_id
 
 REPO = Path(__file__).resolve().parents[2]
-CONF = REPO / "conf"
 SCHEMA_FILE = f"schemas/{app.SCHEMA_NAME}.sd"
 #: Values for the features no document or query tensor provides (the hybrid profile's BM25 terms).
 FEATURES = {"bm25(title)": 1.5, "bm25(text)": 0.25}
@@ -43,22 +42,9 @@ BROKEN_MAX_SIM = app.MAX_SIM_UNPACKED.replace(
 )
 
 
-def index_pages(sample_corpus: Path, out: Path) -> None:
-    from pipelines.driver import run_index
-
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "index",
-            overrides=["model=tiny", f"source.location={sample_corpus}", f"output.location={out}", "backend=local"],
-        )
-    report = run_index(cfg)
-    assert report["pages_indexed"] > 0, report
-
-
 def query_vectors(index: Path, queries_file: Path) -> list[np.ndarray]:
     """Sample queries encoded by the TEST model."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("search", overrides=[f"index={index}"])
+    cfg = compose_config("search", [f"index={index}"])
     texts = [json.loads(line)["query"] for line in queries_file.read_text().splitlines()]
     return Searcher.from_config(cfg).encode(texts[:QUERIES])
 
@@ -111,13 +97,13 @@ def broken_package(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def verified(tiny_model_dir, sample_corpus, tmp_path_factory):
-    """One run of the Java program over everything, with the local data it was given."""
+def verified(sample_index, sample_corpus, tmp_path_factory):
+    """One run of the Java program over everything, with the local data it was given (the session's sample
+    index: the tiny TEST model's vectors of the sample corpus)."""
     work = tmp_path_factory.mktemp("vespa-java")
-    index_pages(sample_corpus, work / "index")
-    pages = IndexLocation(str(work / "index")).read_pages()
+    pages = IndexLocation(str(sample_index[0])).read_pages()
     local = LocalIndex(pages)
-    queries = query_vectors(work / "index", sample_corpus / "queries.jsonl")
+    queries = query_vectors(sample_index[0], sample_corpus / "queries.jsonl")
 
     # Copies: preparing a package writes next to it (.preprocessed), and infra/ must stay as generated.
     packages = {name: work / name for name in ("app", "multinode")}
