@@ -127,7 +127,7 @@ def load_index_config(cfg: DictConfig) -> IndexJobConfig:
 def _check(job: IndexJobConfig) -> None:
     """Cross-field checks that no single field's type can express."""
     try:
-        spec = job.spec
+        job.stages()  # resolves the model's pixel budget, so the stages validate the values they will run with
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if job.backend not in BACKENDS:
@@ -147,13 +147,6 @@ def _check(job: IndexJobConfig) -> None:
         raise ConfigError(msg)
     if not 0.0 <= job.max_error_rate <= 1.0:
         msg = f"max_error_rate must be a fraction between 0 and 1, got {job.max_error_rate}"
-        raise ConfigError(msg)
-    budget = job.rasterize.max_pixels or spec.max_pixels
-    if budget > job.rasterize.hard_max_pixels:
-        msg = (
-            f"rasterize.max_pixels={budget} exceeds rasterize.hard_max_pixels={job.rasterize.hard_max_pixels}; "
-            "lower the budget or raise the hard cap"
-        )
         raise ConfigError(msg)
 
 

@@ -40,12 +40,17 @@ def job_args(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def run_cli(module: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 600, **kwargs):
-    """Run ``python -m <module> <args>`` from the repository root; returns the CompletedProcess
-    (text stdout/stderr captured)."""
+def run_python(args: Iterable[str], env: Mapping[str, str] | None = None, timeout: float = 600, **kwargs):
+    """Run ``python <args>`` (``-m module ...`` or ``-c code ...``) from the repository root, offline;
+    returns the CompletedProcess (text stdout/stderr captured)."""
     return subprocess.run(
-        job_args(module, *args), cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, *args], cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+def run_cli(module: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 600, **kwargs):
+    """Run ``python -m <module> <args>`` (see :func:`run_python`)."""
+    return run_python(["-m", module, *args], env=env, timeout=timeout, **kwargs)
 
 
 def start_cli(module: str, *args: str, env: Mapping[str, str] | None = None, **kwargs) -> subprocess.Popen:

@@ -25,7 +25,8 @@ from pipelines.vespa import replay
 from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
-from tests.vespa.conftest import fake, run_job, write_index  # noqa: F401  (fake: the fixture, used by name)
+from tests.helpers import run_python
+from tests.vespa.conftest import fake, write_index  # noqa: F401  (fake: the fixture, used by name)
 
 RUNS = 30  # of each command
 PARALLEL = 3  # commands at a time
@@ -72,7 +73,7 @@ def test_feed_delete_and_replay_exit_zero_every_time_under_cpu_load(tmp_path, fa
 
     def run(command):
         kind, args = command
-        result = run_job(args, env=bytecode, timeout=RUN_TIMEOUT_S)
+        result = run_python(args, env=bytecode, timeout=RUN_TIMEOUT_S)
         expected = "removed" if kind == "delete" else "pages: 36 in index"
         ok = result.returncode == 0 and expected in result.stdout
         return None if ok else f"{kind} exited {result.returncode}:\n{result.stdout[-500:]}\n{result.stderr[-1500:]}"
@@ -98,6 +99,6 @@ def test_reading_an_index_starts_no_arrow_thread(tmp_path):
     # The cause of the aborts, checked directly: a read that leaves work on Arrow's thread pools. Every read
     # of part files goes through pipelines.io.read_parquet, which starts none (pq.read_table started four).
     write_index(tmp_path, {"/data/a.pdf": (2, 0)})
-    result = run_job(["-c", READ_INDEX, str(tmp_path)], timeout=RUN_TIMEOUT_S)
+    result = run_python(["-c", READ_INDEX, str(tmp_path)], timeout=RUN_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "2 0 []", result.stdout

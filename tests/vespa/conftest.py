@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +66,3 @@ def write_index(location: Path, documents: dict[str, tuple[int, int]], config_ha
 
 def vespa_id(page_id: str) -> str:
     return f"id:pdf_page:pdf_page::{page_id}"
-
-
-def run_job(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
-    )

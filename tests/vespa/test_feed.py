@@ -14,7 +14,8 @@ from pipelines.vespa import replay
 from pipelines.vespa.client import VespaEndpoint, redact
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
-from tests.vespa.conftest import doc_rows, run_job, vespa_id, write_index
+from tests.helpers import run_python
+from tests.vespa.conftest import doc_rows, vespa_id, write_index
 from tests.vespa.fake_vespa import Drop, Hang, Reset, Status
 
 FAST = FeedSettings(max_in_flight=8, request_timeout_s=1.0, backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -110,7 +111,7 @@ def test_507_stops_the_feed_with_a_clear_message_and_a_rerun_finishes(tmp_path, 
 
     fake.fault = block_after_ten
     args = ["-m", "jobs.feed", f"index={tmp_path}", f"vespa.endpoint.url={fake.url}", "vespa.feed.max_in_flight=4"]
-    first = run_job(args)
+    first = run_python(args)
     assert first.returncode == 3, first.stderr[-2000:]
     assert "HTTP 507" in first.stderr and "resource exhaustion" in first.stderr and "rerun" in first.stderr
     assert len(fake.documents) == 10
@@ -120,7 +121,7 @@ def test_507_stops_the_feed_with_a_clear_message_and_a_rerun_finishes(tmp_path, 
     assert sum(1 for r in posts(fake) if r.status == 507) <= 4
 
     fake.fault = None
-    second = run_job(args)
+    second = run_python(args)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "10 already fed" in second.stdout
     assert set(fake.documents) == {vespa_id(p) for p in page_ids}
@@ -163,7 +164,7 @@ def test_delete_by_document_uses_a_selection_delete_across_continuations(tmp_pat
     feed(tmp_path, fake)
     fake.visit_chunk = 1  # one removal per request: the job must follow continuations
     doc_id = page_ids[0].rsplit("-p", 1)[0]
-    result = run_job(
+    result = run_python(
         ["-m", "jobs.feed", f"index={tmp_path}", f"vespa.endpoint.url={fake.url}", f"delete.doc_id={doc_id}"]
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -193,12 +194,12 @@ def test_token_is_sent_but_never_logged_or_stored(tmp_path, fake):
     write_index(tmp_path, {"/data/a.pdf": (2, 0)})
     fake.required_token = token
     args = ["-m", "jobs.feed", f"index={tmp_path}", f"vespa.endpoint.url={fake.url}", "log_level=DEBUG"]
-    denied = run_job(args, env={"VESPA_CLOUD_SECRET_TOKEN": "wrong-token-value"})
+    denied = run_python(args, env={"VESPA_CLOUD_SECRET_TOKEN": "wrong-token-value"})
     assert denied.returncode == 1 and "401" in denied.stdout
-    ok = run_job(args, env={"VESPA_CLOUD_SECRET_TOKEN": token})
+    ok = run_python(args, env={"VESPA_CLOUD_SECRET_TOKEN": token})
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert len(fake.documents) == 2 and "auth=token" in ok.stdout
-    literal = run_job([*args, f"vespa.endpoint.token={token}", "mode=full"])
+    literal = run_python([*args, f"vespa.endpoint.token={token}", "mode=full"])
     assert literal.returncode == 0
     for result in (denied, ok, literal):
         assert token not in result.stdout + result.stderr
@@ -225,9 +226,9 @@ def test_redact_hides_secret_values_but_keeps_their_env_names():
 
 def test_bad_endpoint_config_fails_fast(tmp_path):
     write_index(tmp_path, {"/data/a.pdf": (1, 0)})
-    missing = run_job(["-m", "jobs.feed", f"index={tmp_path}"])
+    missing = run_python(["-m", "jobs.feed", f"index={tmp_path}"])
     assert missing.returncode == 2 and "vespa.endpoint.url" in missing.stderr
-    with_credentials = run_job(["-m", "jobs.feed", f"index={tmp_path}", "vespa.endpoint.url=http://u:p@host:8080"])
+    with_credentials = run_python(["-m", "jobs.feed", f"index={tmp_path}", "vespa.endpoint.url=http://u:p@host:8080"])
     assert with_credentials.returncode == 2 and "must not carry credentials" in with_credentials.stderr
     assert "u:p" not in with_credentials.stderr
 

@@ -13,7 +13,8 @@ import signal
 import pytest
 
 from pipelines import index
-from tests.vespa.conftest import run_job, vespa_id
+from tests.helpers import run_python
+from tests.vespa.conftest import vespa_id
 from tests.vespa.fake_vespa import FakeVespa
 from tests.vespa.schema_check import validator
 
@@ -37,12 +38,12 @@ def test_killed_inline_feed_is_completed_by_the_rerun(sample_corpus, tmp_path, m
             "vespa.inline=true",
             f"vespa.endpoint.url={server.url}",
         ]
-        killed = run_job(args, env={"PIPELINES_FAILPOINTS": "after_write_block:3"})
+        killed = run_python(args, env={"PIPELINES_FAILPOINTS": "after_write_block:3"})
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         fed_before = set(server.documents)
         assert 0 < len(fed_before) < 19
 
-        rerun = run_job(args)
+        rerun = run_python(args)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         report = json.loads((out / "run_report.json").read_text())
         page_ids = index.IndexLocation(str(out)).read_pages(["page_id"]).column("page_id").to_pylist()
