@@ -4,8 +4,9 @@
     python -m benchmarks all [--size search=1000,10000 fidelity=500 ...] [--out reports]
     python -m benchmarks report [--out reports]      # re-render benchmarks.md from <out>/results/*.json
 
-``NAME`` is one of ``rasterize``, ``index_size``, ``fidelity``, ``search``, ``feed``, ``pooling``, ``pipeline``
-or ``all``. Every benchmark is small by default; ``--size`` scales it. Each writes ``<out>/results/<name>.json``;
+``NAME`` is one of ``rasterize``, ``index_size``, ``fidelity``, ``search``, ``feed``, ``pooling``, ``pipeline``,
+``scale``, ``gpu`` (embedding throughput, tokens/s and MFU on a GPU: :mod:`benchmarks.gpu`) or ``all``. Every
+benchmark is small by default; ``--size`` scales it. Each writes ``<out>/results/<name>.json``;
 afterwards the report (``<out>/benchmarks.md`` and ``<out>/figures/*.png``) is re-rendered from every result present.
 
 The machine these run on is shared and noisy. Every figure is therefore a ratio of our component to its baseline

@@ -28,7 +28,7 @@ import numpy as np
 import benchmarks
 from benchmarks.common import machine_info
 
-BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "feed", "pooling", "pipeline")
+BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "feed", "pooling", "pipeline", "scale", "gpu")
 SIZE_HELP = {
     "rasterize": "max pages rendered (whole documents, sample corpus first, then the shared corpus)",
     "index_size": "synthetic pages written per measured Parquet file",
@@ -36,7 +36,9 @@ SIZE_HELP = {
     "search": "index sizes in pages, one run each (e.g. 1000 10000 100000)",
     "feed": "pages serialized per vector count",
     "pooling": "pages pooled per vector count",
-    "pipeline": "not used (the whole sample corpus is indexed)",
+    "scale": "documents in the synthetic listing and ledger, one index each (e.g. 10000 100000 1000000)",
+    "pipeline": "pages of the bulk corpus indexed by the loop and by Ray at 2 CPUs (pipelines.testing.bulk_corpus)",
+    "gpu": "pages embedded (ColQwen2.5 3B architecture, random weights, on a GPU; the tiny test model without one)",
 }
 DEFAULT_SIZES: dict[str, list[int]] = {
     "rasterize": [40],
@@ -45,7 +47,9 @@ DEFAULT_SIZES: dict[str, list[int]] = {
     "search": [1000],
     "feed": [50],
     "pooling": [8],
-    "pipeline": [],
+    "scale": [10_000, 100_000],
+    "pipeline": [1000],
+    "gpu": [256],
 }
 
 
@@ -80,7 +84,15 @@ def run_one(name: str, sizes: list[int], repeats: int) -> dict:
     elif name == "pipeline":
         from benchmarks.pipeline import bench_pipeline
 
-        body = bench_pipeline()
+        body = bench_pipeline(pages=sizes[0], startup=True, split_pages=64, loop_threads=(1,))
+    elif name == "gpu":
+        from benchmarks.gpu import bench_gpu_here
+
+        body = bench_gpu_here(pages=sizes[0])
+    elif name == "scale":
+        from benchmarks.scale import bench_scale
+
+        body = bench_scale(sizes=tuple(sizes))
     else:
         msg = f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}"
         raise ValueError(msg)

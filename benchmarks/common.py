@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import environment, schema
+from pipelines.models.registry import get_spec
 from pipelines.stages.compress import binarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,8 @@ PACKAGES = (
 )
 #: The page model of the speed and storage figures: ColQwen2.5 at its registry pixel budget.
 REFERENCE_MODEL = "colqwen2.5-v0.2"
+#: The width of the synthetic vectors: the reference model's (the registry's, not a constant of its own).
+REFERENCE_DIM = get_spec(REFERENCE_MODEL).dim
 #: Vectors the ColQwen2 document prompt adds to the image tokens (``<|im_start|>user\n<|vision_start|>``,
 #: ``<|vision_end|>Describe the image.<|im_end|><|endoftext|>``; :mod:`pipelines.models.tiny` reproduces it).
 QWEN_PROMPT_VECTORS = 11
@@ -122,6 +125,7 @@ def pages_table(vectors: list[np.ndarray]) -> pa.Table:
                 "source_uri": f"synthetic://{i}",
                 "page_number": 1,
                 "n_vectors": len(page16),
+                "embedding_dim": page16.shape[1],
                 "embedding": page16.tobytes(),
                 "binary": binarize(page16.astype(np.float32)).tobytes(),
             }

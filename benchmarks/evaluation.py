@@ -107,7 +107,7 @@ def _settings(cfg: DictConfig) -> tuple[list[int], list[str], Any, Any]:
         raise ConfigError(msg)
     unknown = [p for p in profiles if p not in PROFILES]
     if not profiles or unknown:
-        msg = f"grid.profiles must be a non-empty list of {PROFILES} (hybrid needs Vespa's BM25), got {profiles}"
+        msg = f"grid.profiles must be a non-empty list of {PROFILES}, got {profiles}"
         raise ConfigError(msg)
     if int(cfg.top_k) < 10:
         msg = f"top_k (the run depth) must be >= 10 for nDCG@10 and Recall@10, got {cfg.top_k}"

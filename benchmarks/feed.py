@@ -3,8 +3,8 @@
     python -m benchmarks feed [--size 50]                                        # as part of the report
     python -m benchmarks.feed [--pages 200] [--vectors 256 768 1030] [--json out.json]   # a table on stdout
 
-Pages are synthetic but shaped like the index's: unit-norm 128-d vectors rounded to float16 (as
-stored), their packed sign bits, and a page of text. For each patch count the same pages are
+Pages are synthetic but shaped like the index's: unit-norm vectors of the reference model's width (128-d)
+rounded to float16 (as stored), their packed sign bits, and a page of text. For each patch count the same pages are
 serialized both ways in one process (body = the JSON pyvespa POSTs: ``{"fields": {...}}``), and the
 ratios hex/list are reported; gzip sizes are shown for reference.
 """
@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from benchmarks.common import REFERENCE_DIM
 from pipelines.stages.compress import binarize
 from pipelines.vespa.documents import DocumentSettings, page_document
 
@@ -26,7 +27,7 @@ def synthetic_rows(n_pages: int, n_vectors: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_pages):
-        vectors = rng.normal(size=(n_vectors, 128))
+        vectors = rng.normal(size=(n_vectors, REFERENCE_DIM))
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
         rows.append(
             {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 
-from benchmarks.common import QWEN_PROMPT_VECTORS, REFERENCE_MODEL, pages_table
+from benchmarks.common import QWEN_PROMPT_VECTORS, REFERENCE_DIM, REFERENCE_MODEL, pages_table
 from benchmarks.vectors import CLUSTERED_RECIPE, ClusteredVectors
 from pipelines import schema
 
@@ -24,6 +24,7 @@ def patch_counts() -> list[dict]:
     rows = [
         {
             "model": "colpali-v1.3",
+            "dim": registry.get_spec("colpali-v1.3").dim,
             "page": "any (squashed to 448x448)",
             "vectors": 1030,
             "source": "1024 image tokens (32x32 grid) + 6 prompt tokens; ../shared/reference/colpali.md section 1",
@@ -38,6 +39,7 @@ def patch_counts() -> list[dict]:
             rows.append(
                 {
                     "model": name,
+                    "dim": spec.dim,
                     "page": page,
                     "vectors": tokens + QWEN_PROMPT_VECTORS,
                     "source": (
@@ -56,6 +58,7 @@ def patch_counts() -> list[dict]:
         rows.append(
             {
                 "model": "colsmol-256m / colsmol-500m",
+                "dim": registry.get_spec("colsmol-256m").dim,
                 "page": f"US Letter portrait, {edge}-px long edge",
                 "vectors": image_tokens,
                 "source": (
@@ -88,8 +91,8 @@ def parquet_bytes_per_page(n_pages: int, n_vectors: int, seed: int = 0) -> dict:
         "vectors_per_page": n_vectors,
         "embedding_bytes_per_page": sizes["embedding"] / n_pages,
         "binary_bytes_per_page": sizes["binary"] / n_pages,
-        "embedding_raw_bytes_per_page": n_vectors * schema.EMBEDDING_DIM * 2,
-        "binary_raw_bytes_per_page": n_vectors * schema.BINARY_BYTES,
+        "embedding_raw_bytes_per_page": n_vectors * REFERENCE_DIM * 2,
+        "binary_raw_bytes_per_page": n_vectors * schema.binary_bytes(REFERENCE_DIM),
     }
 
 
@@ -97,21 +100,29 @@ def parquet_bytes_per_page(n_pages: int, n_vectors: int, seed: int = 0) -> dict:
 HNSW_LINK_BYTES = 2 * 32 * 4
 
 
-def deployed_bytes(n: int, pool_factor: int = 3, rerank_pool_factor: int = 1) -> dict:
+def deployed_bytes(n: int, pool_factor: int = 3, rerank_pool_factor: int = 1, dim: int = REFERENCE_DIM) -> dict:
     """Bytes per page of each part of the deployed layout (``pooling.pool_factor`` candidates, ``rerank_pool_factor``
     re-ranking vectors): in Vespa memory (binary attribute + HNSW estimate), on Vespa disk (paged bfloat16), and in
-    the Parquet index before compression (pooled float16 + binary + float16 re-ranking vectors)."""
+    the Parquet index before compression (pooled float16 + binary + float16 re-ranking vectors). The one-vector-per-
+    page fields (mean page vector, MUVERA encoding with the default ``pooling.muvera``) are in-memory HNSW fields too:
+    bfloat16 values plus one vector's links; the index stores them as float16."""
+    from pipelines.muvera import MuveraSettings
+
     candidates = max(n // pool_factor, 1)
     rerank = max(n // rerank_pool_factor, 1)
     separate = rerank_pool_factor != pool_factor
+    muvera = MuveraSettings().dim(dim)
     return {
         "pool_factor": pool_factor,
         "rerank_pool_factor": rerank_pool_factor,
-        "memory_binary": candidates * schema.BINARY_BYTES,
+        "memory_binary": candidates * schema.binary_bytes(dim),
         "memory_hnsw_estimate": candidates * HNSW_LINK_BYTES,
-        "disk_rerank_bfloat16": rerank * schema.EMBEDDING_DIM * 2,
-        "index_raw": candidates * (schema.EMBEDDING_DIM * 2 + schema.BINARY_BYTES)
-        + (rerank * schema.EMBEDDING_DIM * 2 if separate else 0),
+        "memory_page_vector": dim * 2 + HNSW_LINK_BYTES,
+        "memory_muvera": muvera * 2 + HNSW_LINK_BYTES,
+        "disk_rerank_bfloat16": rerank * dim * 2,
+        "index_raw": candidates * (dim * 2 + schema.binary_bytes(dim))
+        + (rerank * dim * 2 if separate else 0)
+        + (dim + muvera) * 2,
     }
 
 
@@ -123,12 +134,13 @@ def bench_index_size(size: int = 200, pool_factors: tuple[int, ...] = (2, 3, 4))
     """
     rows = []
     for entry in patch_counts():
-        n = entry["vectors"]
-        formats = {"float16": n * schema.EMBEDDING_DIM * 2, "binary": n * schema.BINARY_BYTES}
+        n, dim = entry["vectors"], entry["dim"]
+        bits = schema.binary_bytes(dim)
+        formats = {"float16": n * dim * 2, "binary": n * bits}
         for factor in pool_factors:
-            formats[f"binary_pool{factor}"] = max(n // factor, 1) * schema.BINARY_BYTES
-        formats["index_pool3_float16_plus_binary"] = max(n // 3, 1) * (schema.EMBEDDING_DIM * 2 + schema.BINARY_BYTES)
-        rows.append({**entry, "bytes_per_page": formats, "deployed": deployed_bytes(n)})
+            formats[f"binary_pool{factor}"] = max(n // factor, 1) * bits
+        formats["index_pool3_float16_plus_binary"] = max(n // 3, 1) * (dim * 2 + bits)
+        rows.append({**entry, "bytes_per_page": formats, "deployed": deployed_bytes(n, dim=dim)})
     measured = []
     reference = next(r["vectors"] for r in rows if r["model"] == REFERENCE_MODEL)
     for n in sorted({reference, reference // 3}):

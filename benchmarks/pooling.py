@@ -12,6 +12,7 @@ import numpy as np
 
 from benchmarks.vectors import ClusteredVectors
 from pipelines import schema
+from pipelines.stages.compress import row_dims
 
 #: GPU embedding throughputs the core count is derived for. Only the first is sourced.
 GPU_THROUGHPUTS = (
@@ -71,7 +72,8 @@ def bench_pooling(
                     outputs[name] = pooler.pool_embeddings(tensors, pool_factor=pool_factor)
                 cpu[name].append(time.process_time() - started_cpu)
                 wall[name].append(time.perf_counter() - started)
-        stage_vectors = [schema.decode_embedding(b) for b in outputs["stage"].column("embedding").to_pylist()]
+        cells = outputs["stage"].column("embedding").to_pylist()
+        stage_vectors = [schema.decode_embedding(b, d) for b, d in zip(cells, row_dims(outputs["stage"]), strict=True)]
         direct_vectors = [t.numpy().astype("<f2") for t in outputs["direct"]]
         same = all(np.array_equal(a, b) for a, b in zip(stage_vectors, direct_vectors, strict=True))
         stage_ms = 1000 * min(cpu["stage"]) / size

@@ -75,6 +75,11 @@ class TreePeakSampler:
             self.peak = max(self.peak, tree_rss_bytes())
             self._stop.wait(self.interval)
 
+    def take(self) -> int:
+        """The peak since the last call (or the start), and start a new one."""
+        peak, self.peak = max(self.peak, tree_rss_bytes()), 0
+        return peak
+
     def __enter__(self) -> TreePeakSampler:
         self._thread.start()
         return self
@@ -84,62 +89,101 @@ class TreePeakSampler:
         self._thread.join()
 
 
-def head_stage_class():
-    """``RasterizeStage`` as committed at HEAD (the "before" of the memory figures), loaded from ``git show``."""
+#: The rasterize stage before issue 11 (bounded children, pdfium, false-rejection repairs): every poppler call
+#: through ``subprocess.run(capture_output=True)`` with no memory limit, ``pdftoppm`` without ``-q``, a byte-prefix
+#: check. Its module still imports against today's ``pipelines`` (ids, io, schema, stages.base).
+BEFORE_COMMIT = "d39d2248797f7f2863ff9ca89d14d5a02fd66878"
+
+
+def stage_class_at(commit: str):
+    """``RasterizeStage`` as committed at ``commit`` (the "before" of the memory figures), loaded from ``git show``."""
     import importlib.util
     import sys
 
     from benchmarks.common import REPO
 
     source = subprocess.run(
-        ["git", "show", "HEAD:pipelines/stages/rasterize.py"], cwd=REPO, capture_output=True, check=True
+        ["git", "show", f"{commit}:pipelines/stages/rasterize.py"], cwd=REPO, capture_output=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="rasterize-head-")) / "rasterize_head.py"
+    name = f"rasterize_{commit[:7]}"
+    path = Path(tempfile.mkdtemp(prefix="rasterize-before-")) / f"{name}.py"
     path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("rasterize_head", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["rasterize_head"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module.RasterizeStage
 
 
-def bench_tree_memory(shared_dir: Path | None = SHARED_CORPUS, timeout_s: float = 20.0, before: bool = True) -> dict:
-    """Peak RSS of the process tree (sampled) and outcomes per file over the shared corpus plus the hostile set,
-    for the committed HEAD stage ("before") and this one ("after"), both with ``timeout_s`` per call."""
+def tree_memory_in_fresh_process(shared_dir: Path | None = SHARED_CORPUS, **kwargs) -> dict:
+    """:func:`bench_tree_memory` in a freshly spawned interpreter: the tree measured is a job-like process (no
+    model, no in-process pdfium from the speed baselines) and the renderer children it starts."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(bench_tree_memory, shared_dir, **kwargs).result()
+
+
+def _file_outcome(rows: list[dict], seconds: float) -> dict:
+    return {
+        "pages": sum(1 for r in rows if r.get("error_type") is None),
+        "errors": sorted({r.get("error_type") for r in rows if r.get("error_type")}),
+        "renderers": sorted({r["renderer"] for r in rows if r.get("renderer") and r.get("error_type") is None}),
+        "seconds": round(seconds, 2),
+    }
+
+
+def bench_tree_memory(
+    shared_dir: Path | None = SHARED_CORPUS, timeout_s: float = 20.0, before: bool = True, long_pages: int = 300
+) -> dict:
+    """Peak RSS of the process tree (job + every child, sampled every 20 ms), time and outcome per file over the
+    hostile set and the shared corpus, one stage object per set and variant, ``timeout_s`` per call.
+
+    Variants: ``after`` (the default config, ``renderer=auto``), ``after_poppler`` and ``after_pdfium`` (one
+    renderer only), and ``before``: the stage at :data:`BEFORE_COMMIT`, run in the same process (skipped, with the
+    reason, if it no longer loads). Keys are ``<variant>_<set>``.
+    """
     from pipelines.models import registry
     from pipelines.stages.rasterize import RasterizeStage
     from pipelines.testing import hostile
 
     budget = registry.get_spec(REFERENCE_MODEL).max_pixels
-    out = {}
+    out: dict = {
+        "params": {"timeout_s": timeout_s, "pixel_budget": budget, "long_pages": long_pages},
+        "process_rss_at_start_bytes": tree_rss_bytes(),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
-        hostile.write_hostile_corpus(tmp, long_pages=300)
+        hostile.write_hostile_corpus(tmp, long_pages=long_pages)
         sets = {"hostile": sorted(Path(tmp).glob("*.pdf"))}
         if shared_dir is not None:
             sets["shared"] = sorted(Path(shared_dir).glob("*.pdf"))
-        variants = {"after": lambda: RasterizeStage(max_pixels=budget, timeout_s=timeout_s)}
+        variants = {
+            "after": lambda: RasterizeStage(max_pixels=budget, timeout_s=timeout_s),
+            "after_poppler": lambda: RasterizeStage(max_pixels=budget, timeout_s=timeout_s, renderer="poppler"),
+            "after_pdfium": lambda: RasterizeStage(max_pixels=budget, timeout_s=timeout_s, renderer="pdfium"),
+        }
         if before:
-            head = head_stage_class()
-            variants["before"] = lambda: head(max_pixels=budget, timeout_s=timeout_s)
+            try:
+                old = stage_class_at(BEFORE_COMMIT)
+                variants["before"] = lambda: old(max_pixels=budget, timeout_s=timeout_s)
+            except Exception as exc:  # git history absent (a source tarball) or the old module no longer imports
+                out["before_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         for variant, make in variants.items():
             for set_name, paths in sets.items():
                 stage = make()
-                outcomes = {}
+                outcomes, peak = {}, 0
                 started_cpu, started = cpu_seconds(), time.perf_counter()
                 with TreePeakSampler() as sampler:
                     for path in paths:
                         t0 = time.perf_counter()
                         rows = stage.rasterize_document(path.as_uri())
-                        errors = sorted({r.get("error_type") for r in rows if r.get("error_type")})
-                        outcomes[path.name] = {
-                            "pages": sum(1 for r in rows if r.get("error_type") is None),
-                            "errors": errors,
-                            "renderers": sorted({r["renderer"] for r in rows if r.get("renderer")}),
-                            "seconds": round(time.perf_counter() - t0, 2),
-                        }
-                    getattr(stage, "close", lambda: None)()
+                        outcomes[path.name] = _file_outcome(rows, time.perf_counter() - t0)
+                        outcomes[path.name]["peak_tree_rss_bytes"] = sampler.take()
+                        peak = max(peak, outcomes[path.name]["peak_tree_rss_bytes"])
+                    getattr(stage, "close", lambda: None)()  # reap the pdfium worker: its CPU time counts
                 out[f"{variant}_{set_name}"] = {
-                    "peak_tree_rss_bytes": sampler.peak,
+                    "peak_tree_rss_bytes": max(peak, sampler.peak),
                     "wall_seconds": time.perf_counter() - started,
                     "cpu_seconds": cpu_seconds() - started_cpu,
                     "files": outcomes,
@@ -248,6 +292,9 @@ def _embedding_effect(
 ) -> dict:
     """Embed our stage's image and pdf2image's 200-DPI image of the same pages; compare the pooled vectors.
 
+    Our images: the default config's PNG and JPEG (``renderer=auto``: pdfium for these pages) and the JPEG of
+    ``renderer=poppler``; pdf2image renders with poppler, so the last pair differs only in pixel size and encoding.
+
     At the model's own processor budget, and with ``at_reference_budget`` also with the processor given the
     reference model's budget (the tiny weights then see ColQwen2.5-sized inputs, as a real ColQwen2.5 would).
     """
@@ -262,18 +309,25 @@ def _embedding_effect(
 
     png_stage = RasterizeStage(max_pixels=max_pixels, extract_text=False, thumbnail_px=0, image_format="png")
     jpeg_stage = RasterizeStage(max_pixels=max_pixels, extract_text=False, thumbnail_px=0, image_format="jpeg")
+    poppler_stage = RasterizeStage(
+        max_pixels=max_pixels, extract_text=False, thumbnail_px=0, image_format="jpeg", renderer="poppler"
+    )
     per_doc = []
     for path in docs:
         png_rows = [r for r in png_stage.rasterize_document(path.as_uri()) if r.get("error_type") is None]
         jpeg_rows = {r["page_number"]: r for r in jpeg_stage.rasterize_document(path.as_uri()) if r.get("image")}
+        poppler_rows = {r["page_number"]: r for r in poppler_stage.rasterize_document(path.as_uri()) if r.get("image")}
         # Qwen2-VL needs at least one 28x28 block per side; smaller renders (icon-sized test pages) are skipped.
         per_doc.append(
             [
-                (path, r, jpeg_rows[r["page_number"]])
+                (path, r, jpeg_rows[r["page_number"]], poppler_rows[r["page_number"]])
                 for r in png_rows
                 if min(r["image_width"], r["image_height"]) >= 28
+                and r["page_number"] in jpeg_rows
+                and r["page_number"] in poppler_rows
             ]
         )
+    png_stage.close()
     # Round-robin over documents (page 1 of each, then page 2, ...) for a mix of layouts and sources.
     chosen = []
     for depth in range(max((len(d) for d in per_doc), default=0)):
@@ -284,11 +338,12 @@ def _embedding_effect(
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
 
-    ours = [decode(png["image"]) for _, png, _ in chosen]
-    ours_jpeg = [decode(jpeg["image"]) for _, _, jpeg in chosen]
+    ours = [decode(png["image"]) for _, png, _, _ in chosen]
+    ours_jpeg = [decode(jpeg["image"]) for _, _, jpeg, _ in chosen]
+    ours_poppler = [decode(poppler["image"]) for _, _, _, poppler in chosen]
     dpi200 = [
         convert_from_path(str(path), first_page=png["page_number"], last_page=png["page_number"])[0].convert("RGB")
-        for path, png, _ in chosen
+        for path, png, _, _ in chosen
     ]
     encoder = MultiVectorEncoder(model)
     pooler = HierarchicalTokenPooler()
@@ -301,14 +356,19 @@ def _embedding_effect(
         with processor_budget(encoder.processor, budget):
             vectors = {
                 name: encoder.embed_images(images, micro_batch_size=4)
-                for name, images in (("ours", ours), ("ours_jpeg", ours_jpeg), ("dpi200", dpi200))
+                for name, images in (
+                    ("ours", ours),
+                    ("ours_jpeg", ours_jpeg),
+                    ("ours_poppler", ours_poppler),
+                    ("dpi200", dpi200),
+                )
             }
         pooled = {
             name: [pool_vectors(pooler, v.astype("<f2").astype(np.float32), pool_factor) for v in values]
             for name, values in vectors.items()
         }
         pages = []
-        for i, (path, png, _) in enumerate(chosen):
+        for i, (path, png, jpeg, poppler) in enumerate(chosen):
             raw_ours, raw_200 = vectors["ours"][i], vectors["dpi200"][i]
             same_grid = raw_ours.shape == raw_200.shape
             other = (i + 1) % len(chosen)
@@ -316,6 +376,8 @@ def _embedding_effect(
                 {
                     "document": path.name,
                     "page_number": png["page_number"],
+                    "renderer_default": jpeg["renderer"],
+                    "renderer_poppler": poppler["renderer"],
                     "ours_px": [png["image_width"], png["image_height"]],
                     "dpi200_px": list(dpi200[i].size),
                     "vectors_ours": int(raw_ours.shape[0]),
@@ -326,6 +388,7 @@ def _embedding_effect(
                     else None,
                     "pooled_cosine": symmetric_maxsim_cosine(pooled["ours"][i], pooled["dpi200"][i]),
                     "pooled_cosine_jpeg": symmetric_maxsim_cosine(pooled["ours_jpeg"][i], pooled["dpi200"][i]),
+                    "pooled_cosine_poppler": symmetric_maxsim_cosine(pooled["ours_poppler"][i], pooled["dpi200"][i]),
                     "pooled_cosine_other_page": symmetric_maxsim_cosine(pooled["ours"][i], pooled["ours"][other])
                     if other != i
                     else None,
@@ -339,6 +402,7 @@ def _embedding_effect(
                 "pages": pages,
                 "pooled_cosine": _mean_min(pages, "pooled_cosine"),
                 "pooled_cosine_jpeg": _mean_min(pages, "pooled_cosine_jpeg"),
+                "pooled_cosine_poppler": _mean_min(pages, "pooled_cosine_poppler"),
                 "pooled_cosine_other_page": _mean_min(pages, "pooled_cosine_other_page"),
                 "raw_row_cosine": _mean_min(pages, "raw_row_cosine"),
                 "same_grid_pages": sum(p["same_grid"] for p in pages),
@@ -460,6 +524,10 @@ def bench_rasterize(
             for name, pages in outputs.items():
                 pixels[name] += [w * h for w, h, _ in pages]
                 out_bytes[name] += [b for _, _, b in pages]
+        # Stop the pdfium worker the untimed pass used (stages with one memory limit share this process's worker):
+        # reaped now, its CPU time is not charged to the first timed run that closes it.
+        for _, render in renderers.values():
+            getattr(render, "close", lambda: None)()
         active = [name for name in renderers if name not in disabled]
         cpu = {name: [] for name in active}
         wall = {name: [] for name in active}
@@ -522,7 +590,7 @@ def bench_rasterize(
                 note=f"minimum over pages {tiny_budget['min']:.4f}" if tiny_budget else "",
             )
         )
-    tree_memory = bench_tree_memory(shared_dir) if memory else None
+    tree_memory = tree_memory_in_fresh_process(shared_dir) if memory else None
     if tree_memory:
         peak = max(v["peak_tree_rss_bytes"] for k, v in tree_memory.items() if k.startswith("after"))
         memory_check = check(

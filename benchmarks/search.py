@@ -3,7 +3,13 @@
 Both rank the same synthetic index (isotropic unit Gaussian vectors, float16 as stored). ``score_multi_vector`` is
 measured with all queries in one call (``smv_batched``, the baseline) and one query per call (``smv_per_query``),
 each method interleaved with the others per repeat. The float profile must return the same top-10. ``two_phase`` is
-the deployed profile: hamming first phase over every page, then exact float MaxSim on the top ``rerank_count``.
+the deployed profile: hamming first phase over the retrieved pages (``retrieval``: every page, or the per-token
+nearest neighbours with ``target_hits``), then exact float MaxSim on the top ``rerank_count``.
+
+With ``rerank_vectors`` the index has the deployed layout (``pooling.rerank_pool_factor=1``): every page holds that
+many float16 re-ranking vectors (the unpooled ones, which ``float`` and ``score_multi_vector`` score) and a third of
+them as its binary candidate vectors (every third row: a stand-in for pool-3 vectors; speed does not depend on the
+values).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import TOP_K, binary_column, check, peak_memory, top_indexes, unit_rows
+from benchmarks.common import REFERENCE_DIM, TOP_K, binary_column, check, peak_memory, top_indexes, unit_rows
 from pipelines import schema
 from pipelines.stages.compress import binarize
 
@@ -22,7 +28,8 @@ from pipelines.stages.compress import binarize
 def synthetic_index(
     n_pages: int, vectors: tuple[int, int], seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(embedding float16 (V, 128), binary uint8 (V, 16), offsets)`` of unit Gaussian page vectors, built in blocks.
+    """``(embedding float16 (V, dim), binary uint8 (V, dim / 8), offsets)`` of unit Gaussian page vectors (``dim``:
+    the reference model's width), built in blocks.
 
     Isotropic Gaussian is enough for speed (the work does not depend on the values) and keeps 100k pages cheap.
     """
@@ -30,12 +37,12 @@ def synthetic_index(
     counts = rng.integers(vectors[0], vectors[1] + 1, size=n_pages)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(offsets[-1])
-    embedding = np.empty((total, schema.EMBEDDING_DIM), dtype="<f2")
-    bits = np.empty((total, schema.BINARY_BYTES), dtype=np.uint8)
+    embedding = np.empty((total, REFERENCE_DIM), dtype="<f2")
+    bits = np.empty((total, schema.binary_bytes(REFERENCE_DIM)), dtype=np.uint8)
     step = 1 << 19
     for start in range(0, total, step):
         stop = min(start + step, total)
-        block = unit_rows(rng.standard_normal((stop - start, schema.EMBEDDING_DIM), dtype=np.float32))
+        block = unit_rows(rng.standard_normal((stop - start, REFERENCE_DIM), dtype=np.float32))
         embedding[start:stop] = block
         bits[start:stop] = binarize(embedding[start:stop].astype(np.float32))
     return embedding, bits, offsets
@@ -77,6 +84,10 @@ def bench_search(
     per_query_baseline_max_pages: int = 10000,
     n_queries: int | None = None,
     seed: int = 0,
+    rerank_vectors: tuple[int, int] | None = None,
+    retrieval: str = "all",
+    target_hits: int = 20,
+    smv_cache_max_bytes: int = 4 * 2**30,
 ) -> dict:
     """Queries/s and memory of LocalIndex (two_phase, float) vs colpali-engine's score_multi_vector, same data."""
     import torch
@@ -88,7 +99,7 @@ def bench_search(
     runs = []
     for n_pages in sizes:
         started = time.perf_counter()
-        embedding, bits, offsets = synthetic_index(n_pages, vectors, seed)
+        embedding, bits, offsets = synthetic_index(n_pages, rerank_vectors or vectors, seed)
         generate_seconds = time.perf_counter() - started
         rng = np.random.default_rng(seed + 1)
         # Fewer queries as the index grows: 16 at 1k pages, 10 at 10k, 4 at 100k.
@@ -98,17 +109,32 @@ def bench_search(
             page = embedding[offsets[target] : offsets[target + 1]].astype(np.float32)
             # Half the tokens are noisy copies of the target page's vectors, so rankings have a real top.
             near = page[rng.integers(0, len(page), query_tokens // 2)] + rng.normal(
-                scale=0.8, size=(query_tokens // 2, 128)
+                scale=0.8, size=(query_tokens // 2, REFERENCE_DIM)
             )
-            far = rng.standard_normal((query_tokens - query_tokens // 2, 128))
+            far = rng.standard_normal((query_tokens - query_tokens // 2, REFERENCE_DIM))
             queries.append(unit_rows(np.concatenate([near, far])))
-        table = pa.table(
-            {
-                "n_vectors": pa.array(np.diff(offsets).astype(np.int32)),
-                "embedding": binary_column(embedding, offsets),
-                "binary": binary_column(bits, offsets),
-            }
-        )
+        if rerank_vectors is None:
+            table = pa.table(
+                {
+                    "n_vectors": pa.array(np.diff(offsets).astype(np.int32)),
+                    "embedding": binary_column(embedding, offsets),
+                    "binary": binary_column(bits, offsets),
+                }
+            )
+        else:
+            # Candidates: every third row of each page; re-ranking vectors: all of them.
+            counts = np.diff(offsets)
+            local = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], counts)
+            keep = local % 3 == 0
+            candidate_counts = -(-counts // 3)
+            table = pa.table(
+                {
+                    "n_vectors": pa.array(candidate_counts.astype(np.int32)),
+                    "binary": binary_column(bits[keep], np.concatenate([[0], np.cumsum(candidate_counts)])),
+                    "n_rerank_vectors": pa.array(counts.astype(np.int32)),
+                    "rerank_embedding": binary_column(embedding, offsets),
+                }
+            )
         started = time.perf_counter()
         with peak_memory() as build_memory:
             index = LocalIndex(table)
@@ -116,10 +142,11 @@ def bench_search(
         del table, embedding, bits
         # Hold score_multi_vector's float32 input in memory when it is small; else convert chunk by chunk.
         cached = None
-        float32_bytes = int(index.offsets[-1]) * schema.EMBEDDING_DIM * 4
-        if float32_bytes <= 4 * 2**30:
+        float_offsets = index.float_offsets
+        float32_bytes = int(float_offsets[-1]) * index.dim * 4
+        if float32_bytes <= smv_cache_max_bytes:
             cached = [
-                torch.from_numpy(index.embedding[index.offsets[i] : index.offsets[i + 1]].astype(np.float32))
+                torch.from_numpy(index.embedding[float_offsets[i] : float_offsets[i + 1]].astype(np.float32))
                 for i in range(len(index))
             ]
         methods = ["two_phase", "float", "smv_batched"]
@@ -137,19 +164,20 @@ def bench_search(
                 with peak_memory() as memory:
                     if method in ("two_phase", "float"):
                         started = time.perf_counter()
-                        hits = [index.search(q, TOP_K, method, rerank_count) for q in queries]
+                        options = {"retrieval": retrieval, "target_hits": target_hits} if method == "two_phase" else {}
+                        hits = [index.search(q, TOP_K, method, rerank_count, **options) for q in queries]
                         elapsed = time.perf_counter() - started
                         tops[method] = [[h.page_index for h in hit] for hit in hits]
                     elif method == "smv_batched":
                         scores, elapsed = _smv_scores(
-                            score_multi_vector, queries, index.embedding, index.offsets, smv_chunk_pages, cached
+                            score_multi_vector, queries, index.embedding, float_offsets, smv_chunk_pages, cached
                         )
                         tops[method] = [top_indexes(row, TOP_K).tolist() for row in scores]
                         smv_scores = scores
                     else:
                         elapsed = sum(
                             _smv_scores(
-                                score_multi_vector, [q], index.embedding, index.offsets, smv_chunk_pages, cached
+                                score_multi_vector, [q], index.embedding, float_offsets, smv_chunk_pages, cached
                             )[1]
                             for q in queries
                         )
@@ -183,6 +211,7 @@ def bench_search(
             {
                 "pages": n_pages,
                 "vectors": int(index.offsets[-1]),
+                "rerank_vectors": int(float_offsets[-1]),
                 "queries": count,
                 "repeats": size_repeats,
                 "generate_seconds": generate_seconds,
@@ -237,9 +266,15 @@ def bench_search(
             "sizes": list(sizes),
             "repeats": repeats,
             "vectors_per_page": list(vectors),
-            "vector_shape": f"{vectors[0]}-{vectors[1]} x 128 per page (ColQwen2.5 pages, 731-779 vectors, pooled 3x)",
+            "vector_shape": (
+                f"{vectors[0]}-{vectors[1]} x {REFERENCE_DIM} per page (ColQwen2.5 pages, 731-779 vectors, pooled 3x)"
+            ),
             "query_tokens": query_tokens,
+            "dim": REFERENCE_DIM,
             "rerank_count": rerank_count,
+            "rerank_vectors_per_page": list(rerank_vectors) if rerank_vectors else None,
+            "retrieval": retrieval,
+            "target_hits": target_hits if retrieval == "nearest_neighbor" else None,
             "top_k": TOP_K,
             "smv_chunk_pages": smv_chunk_pages,
             "torch_threads": torch.get_num_threads(),
@@ -251,4 +286,74 @@ def bench_search(
         },
         "results": {"runs": runs},
         "checks": checks,
+    }
+
+
+def bench_hybrid(model: str = "tiny", top_k: int = 10, rerank_count: int = 200, target_hits: int = 20) -> dict:
+    """Whether the text layer helps: the sample corpus's queries (one answering page each, ``queries.jsonl``) over an
+    index of the sample corpus built with ``model`` (the deployed defaults), ranked by ``two_phase``, ``hybrid``
+    (Vespa's weights: exact MaxSim + 2 x BM25 of title and text), ``hybrid`` with reciprocal rank fusion, BM25 alone
+    (:class:`pipelines.text_search.TextIndex`) and the one-vector profiles. Metrics: ir-measures over the qrels
+    (nDCG@5/10, Recall@1/5/10, MRR), as ``jobs.evaluate``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks.common import REPO
+    from pipelines.driver import run_index
+    from pipelines.evaluation import compute_metrics, load_dataset, page_corpus_id
+    from pipelines.index import IndexLocation
+    from pipelines.search import LocalIndex, QueryModel, Searcher
+    from pipelines.testing.corpus import generate_sample_corpus
+
+    with tempfile.TemporaryDirectory(prefix="bench-hybrid-") as tmp:
+        corpus, out = Path(tmp) / "corpus", Path(tmp) / "index"
+        generate_sample_corpus(corpus)
+        overrides = [f"source.location={corpus}", f"output.location={out}", f"model={model}", "backend=local"]
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            run_index(compose("index", overrides=overrides))
+        dataset = load_dataset(str(corpus), tmp)
+        pages = IndexLocation(str(out)).read_pages()
+        corpus_ids = [
+            page_corpus_id(corpus, uri, number)
+            for uri, number in zip(
+                pages.column("source_uri").to_pylist(), pages.column("page_number").to_pylist(), strict=True
+            )
+        ]
+    index = LocalIndex(pages)
+    ids = dataset.evaluated_queries
+    texts = [dataset.queries[q] for q in ids]
+    options = {"top_k": top_k, "rerank_count": rerank_count, "retrieval": "nearest_neighbor"}
+    options |= {"target_hits": target_hits, "page_target_hits": rerank_count}
+    searcher = Searcher(QueryModel(model), local=index, **options)
+    vectors = searcher.encode(texts)
+    runs: dict[str, dict[str, list[str]]] = {}
+    for name, profile, fusion in (
+        ("two_phase", "two_phase", "linear"),
+        ("hybrid (linear, Vespa's weights)", "hybrid", "linear"),
+        ("hybrid (reciprocal rank fusion)", "hybrid", "rrf"),
+        ("muvera", "muvera", "linear"),
+        ("page_vector", "page_vector", "linear"),
+    ):
+        searcher.fusion = fusion
+        hits = searcher.search_vectors(vectors, texts, profile=profile)
+        runs[name] = {q: [corpus_ids[h.page_index] for h in found] for q, found in zip(ids, hits, strict=True)}
+    text_index = index.text_index
+    runs["BM25 alone (title + text)"] = {
+        q: [corpus_ids[i] for i in top_indexes(text_index.scores(t), top_k) if text_index.scores(t)[i] > 0]
+        for q, t in zip(ids, texts, strict=True)
+    }
+    metrics = {name: compute_metrics(dataset.qrels, ranked)[0] for name, ranked in runs.items()}
+    no_text = [q for q in ids if not any(pages.column("text")[corpus_ids.index(c)].as_py() for c in dataset.qrels[q])]
+    return {
+        "params": {"model": model, "top_k": top_k, "rerank_count": rerank_count, "target_hits": target_hits},
+        "results": {
+            "pages": len(index),
+            "queries": len(ids),
+            "queries_answered_by_a_page_without_text": len(no_text),
+            "metrics": metrics,
+        },
+        "checks": [],
     }

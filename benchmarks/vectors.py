@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import QWEN_PROMPT_VECTORS, unit_rows
-from pipelines import schema
+from benchmarks.common import QWEN_PROMPT_VECTORS, REFERENCE_DIM, unit_rows
 
 #: How :class:`ClusteredVectors` builds pages; recorded in results so the report can state it.
 CLUSTERED_RECIPE = (
@@ -34,7 +33,7 @@ class ClusteredVectors:
     shared by the pages of a document, anisotropic noise).
     """
 
-    dim = schema.EMBEDDING_DIM
+    dim = REFERENCE_DIM
     pages_per_document = 5
 
     def __init__(self, seed: int = 0):
@@ -60,7 +59,7 @@ class ClusteredVectors:
         return self._topics[doc]
 
     def page(self, index: int, n_vectors: int) -> np.ndarray:
-        """Unit vectors ``(n_vectors, 128)`` of page ``index`` (prompt tokens included)."""
+        """Unit vectors ``(n_vectors, dim)`` of page ``index`` (prompt tokens included)."""
         n_patches = max(1, n_vectors - QWEN_PROMPT_VECTORS)
         topics = self._document_topics(index // self.pages_per_document)
         centroids = unit_rows(topics[self.rng.integers(0, len(topics), 6)] + self.noise(6, 0.5))

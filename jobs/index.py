@@ -10,7 +10,8 @@ Exit status: 0 when every input file is accounted for (indexed, unchanged, dupli
 an error); 1 when some file is unaccounted for (or, feeding Vespa inline, some pages failed to feed);
 2 on bad configuration or a missing/denied location; 3 when Vespa blocked the feed (507):
 ``python -m jobs.feed index=<output.location>`` resumes it; 4 when more than ``max_error_rate`` of the
-listed files failed.
+listed files failed; 5 when another run writes the same index (its lease is held; see ``lease`` in
+conf/index.yaml), or took it over while this run worked.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from jobs._common import error, setup_logging
 from jobs.feed import EXIT_BLOCKED, blocked_help
 from pipelines.driver import run_index
 from pipelines.errors import ConfigError
+from pipelines.index.lease import IndexLocked, LeaseLost
 
 logger = logging.getLogger("jobs.index")
 
 
 EXIT_TOO_MANY_ERRORS = 4
+EXIT_LOCKED = 5
 
 
 def print_summary(report: dict) -> None:
@@ -83,6 +86,8 @@ def run(cfg: DictConfig) -> int:
         report = run_index(cfg)
     except (ConfigError, FileNotFoundError, PermissionError) as exc:
         return error(str(exc))
+    except (IndexLocked, LeaseLost) as exc:
+        return error(str(exc), code=EXIT_LOCKED)
     print_summary(report)
     return exit_status(report)
 

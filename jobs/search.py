@@ -3,6 +3,8 @@
 python -m jobs.search index=/data/index 'query="revenue by region"' [top_k=5] [format=jsonl]
 python -m jobs.search index=/data/index queries_file=queries.jsonl
 python -m jobs.search vespa.endpoint.url=http://vespa:8080 model=colqwen2.5-v0.2 'query="..."' [profile=hybrid]
+python -m jobs.search index=/data/index 'query="..."' explain=true [explain_dir=maps]   # similarity maps per hit
+python -m jobs.search index=/data/index similar_to=<page_id>                            # pages like this page
 
 Both paths print the same columns; the query encoder is the index's model (read from ``index``),
 or ``model.name`` when searching Vespa without a local index. The work is
@@ -61,16 +63,34 @@ def result_row(cfg: DictConfig, query: str, rank: int, hit: PageHit) -> dict:
 def run_search(cfg: DictConfig) -> list[dict]:
     """Search every query; returns one dict per hit (query, rank, score, page_id, source, page, snippet).
 
+    With ``explain=true`` also writes each hit's similarity maps under ``explain_dir``
+    (:mod:`pipelines.similarity_maps`) and adds their PNG path to its row (``similarity_map``).
+    With ``similar_to=<page_id>``, lists the pages like that page instead (its page vector's nearest, local index).
     Raises :class:`ConfigError`, ``FileNotFoundError`` (no index) or :class:`SearchError` (Vespa failed).
     """
+    if cfg.get("similar_to"):
+        page_id = str(cfg.similar_to)
+        try:
+            hits = Searcher.from_config(cfg).similar_pages(page_id)
+        except KeyError as exc:
+            msg = f"no page {page_id!r} in the index at {cfg.index!r}"
+            raise ConfigError(msg) from exc
+        return [result_row(cfg, f"like {page_id}", rank, hit) for rank, hit in enumerate(hits, start=1)]
     queries = read_queries(cfg)
     searcher = Searcher.from_config(cfg)
-    hits_per_query = searcher.search(queries)
-    return [
-        result_row(cfg, query, rank, hit)
+    vectors = searcher.encode(queries)
+    hits_per_query = searcher.search_vectors(vectors, texts=queries)
+    rows = [
+        [result_row(cfg, query, rank, hit) for rank, hit in enumerate(hits, start=1)]
         for query, hits in zip(queries, hits_per_query, strict=True)
-        for rank, hit in enumerate(hits, start=1)
     ]
+    if cfg.get("explain"):
+        from pipelines.similarity_maps import explain
+
+        for query_rows, pngs in zip(rows, explain(cfg, searcher, queries, vectors, hits_per_query), strict=True):
+            for row, png in zip(query_rows, pngs, strict=True):
+                row["similarity_map"] = str(png)
+    return [row for query_rows in rows for row in query_rows]
 
 
 def print_results(results: list[dict], output_format: str) -> None:
@@ -88,6 +108,8 @@ def print_results(results: list[dict], output_format: str) -> None:
         print(f"  {row['rank']:>2}. {row['score']:8.3f}  {Path(row['source_uri']).name}  page {row['page_number']}")
         if row["snippet"]:
             print(f"      {row['snippet']}")
+        if row.get("similarity_map"):
+            print(f"      similarity map: {row['similarity_map']}")
 
 
 def run(cfg: DictConfig) -> int:

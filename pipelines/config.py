@@ -24,11 +24,14 @@ from pipelines import ids
 from pipelines.backends import NAMES as BACKENDS
 from pipelines.backends.base import RayConfig, StagePlan, StageResources
 from pipelines.errors import ConfigError
+from pipelines.index.lease import LeaseConfig
 from pipelines.models import registry
 from pipelines.models.registry import ModelConfig
+from pipelines.progress import ProgressConfig
 from pipelines.stages.base import Stage
 from pipelines.stages.compress import BinarizeStage, PoolStage
 from pipelines.stages.embed import EmbedStage
+from pipelines.stages.preprocess import PreprocessStage
 from pipelines.stages.rasterize import RasterizeStage
 
 OUTPUT_MODES = ("incremental", "overwrite")
@@ -74,10 +77,16 @@ class IndexJobConfig:
     backend: str = "ray"
     max_error_rate: float = 0.1
     log_level: str = "INFO"
+    #: Progress lines and metrics file (see :mod:`pipelines.progress`).
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
+    #: The index's one-writer lease (see :mod:`pipelines.index.lease`).
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
 
     @property
     def spec(self) -> registry.ModelSpec:
-        return registry.get_spec(self.model.name)
+        """The registered model; with ``model.random_weights`` labelled a test model (throughput only)."""
+        spec = registry.get_spec(self.model.name)
+        return dataclasses.replace(spec, is_test_model=True) if self.model.random_weights else spec
 
     def stages(self) -> list[Stage]:
         """The stages in order, with values the config leaves to the model resolved."""
@@ -86,7 +95,10 @@ class IndexJobConfig:
             max_pixels=self.rasterize.max_pixels or self.spec.max_pixels,
             storage_options=dict(self.source.storage_options) or None,
         )
-        return [rasterize, EmbedStage(model=self.model), self.pooling, BinarizeStage()]
+        # Preprocessing (the processor's resize/normalize/patchify) runs on CPU workers, the model's actor
+        # only runs forward passes.
+        preprocess, embed = PreprocessStage(model=self.model), EmbedStage(model=self.model)
+        return [rasterize, preprocess, embed, self.pooling, BinarizeStage()]
 
     def stage_plan(self) -> StagePlan:
         stages = self.stages()
@@ -96,7 +108,7 @@ class IndexJobConfig:
     def vector_settings(self) -> dict[str, Any]:
         """What determines the stored vectors (recorded in the index; two indexes differing here must
         not be mixed)."""
-        rasterize, embed, pool, binarize = self.stages()
+        rasterize, _, embed, pool, binarize = self.stages()
         return {**ids.vector_settings(embed.model, rasterize, pool), "binary": binarize.encoding}
 
     def config_hash(self) -> str:
@@ -130,6 +142,11 @@ def _check(job: IndexJobConfig) -> None:
         job.stages()  # resolves the model's pixel budget, so the stages validate the values they will run with
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if job.spec.loader == "remote_code" and not job.model.random_weights:
+        from pipelines.models import remote
+
+        # Its code comes with the checkpoint: say now, not from a worker, when it cannot be loaded here.
+        remote.check_available(job.spec, job.model.name_or_path or job.spec.hub_id)
     if job.backend not in BACKENDS:
         msg = f"backend must be one of {list(BACKENDS)}, got {job.backend!r}"
         raise ConfigError(msg)

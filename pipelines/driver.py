@@ -25,11 +25,11 @@ from typing import Any
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import backends, environment, io, schema
+from pipelines import backends, environment, io, progress, schema
 from pipelines.backends.base import Backend, StagePlan
 from pipelines.config import IndexJobConfig, absolute, load_index_config
 from pipelines.errors import ConfigError
-from pipelines.index import accounting
+from pipelines.index import accounting, lease
 from pipelines.index.ledger import Plan
 from pipelines.index.location import IndexLocation
 from pipelines.index.storage import CONFIG_FILE, REPORT_FILE
@@ -52,6 +52,7 @@ class IndexRun:
     inline: InlineFeed | None
     source: str
     location: IndexLocation
+    lease: lease.Lease
     files: list[io.SourceFile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -74,20 +75,25 @@ def run_index(cfg: DictConfig) -> dict[str, Any]:
 
     Raises :class:`ConfigError` on bad configuration before any work starts (including an index
     built with another model or config), ``FileNotFoundError``/``PermissionError`` when the input or
-    output location is missing or denied.
+    output location is missing or denied, :class:`~pipelines.index.lease.IndexLocked` when another run
+    writes the index, :class:`~pipelines.index.lease.LeaseLost` when another run took it over meanwhile.
     """
     job = load_index_config(cfg)
     run = prepare(job, OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True)))))
-    plan(run)
-    execute(run)
-    commit(run)
-    reconcile_feed(run)
-    return report(run)
+    try:
+        plan(run)
+        execute(run)
+        commit(run)
+        reconcile_feed(run)
+        return report(run)
+    finally:
+        run.lease.release()
 
 
 def prepare(job: IndexJobConfig, config_yaml: str) -> IndexRun:
-    """List the inputs, start the backend, open the index and record the config. Nothing in the index
-    changes before the listing, the output bucket and the backend's resource check have passed."""
+    """List the inputs, start the backend, take the index's lease, open the index and record the config.
+    Nothing in the index changes before the listing, the output bucket and the backend's resource check
+    have passed; a run that finds the index held by another fails before it starts the backend."""
     inline = InlineFeed.from_config(job.vespa)
     source = absolute(job.source.location)
     output = absolute(job.output.location)
@@ -99,20 +105,27 @@ def prepare(job: IndexJobConfig, config_yaml: str) -> IndexRun:
         raise ConfigError(msg)
     logger.info("listed %d input files under %s (%d skipped by suffix)", len(files), source, len(skipped))
     io.require_bucket(output, job.output.storage_options, "output")
+    location = IndexLocation(output, job.output.storage_options)
+    lease.ensure_free(location.fs, location.root, output)  # fail fast; acquire() below is what takes it
     stage_plan = job.stage_plan()
     backend = backends.create(job.backend, job.ray, backends.worker_env())
     backend.start(stage_plan)  # before touching an existing index: a plan that cannot run changes nothing
-    location = IndexLocation(output, job.output.storage_options)
-    run = IndexRun(job, config_yaml, stage_plan, backend, inline, source, location, files, skipped)
-    book = location.ledger
+    run_id = uuid.uuid4().hex
+    held = lease.acquire(location.fs, location.root, output, run_id, job.lease)
+    run = IndexRun(job, config_yaml, stage_plan, backend, inline, source, location, held, files, skipped, run_id)
     try:
-        if job.output.mode == "overwrite":
-            location.clear_tables()
-        book.check_config(job.model.name, job.config_hash(), job.vector_settings())
-    except (FileNotFoundError, PermissionError) as exc:
-        raise io.storage_error(output, exc, "output") from exc
-    run.recovered = book.recover()
-    location.write_text(CONFIG_FILE, config_yaml)
+        book = location.ledger
+        try:
+            if job.output.mode == "overwrite":
+                location.clear_tables()
+            book.check_config(job.model.name, job.config_hash(), job.vector_settings(), embedding_dim=job.spec.dim)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise io.storage_error(output, exc, "output") from exc
+        run.recovered = book.recover()
+        location.write_text(CONFIG_FILE, config_yaml)
+    except BaseException:
+        held.release()
+        raise
     return run
 
 
@@ -135,7 +148,8 @@ def plan(run: IndexRun) -> None:
 
 
 def execute(run: IndexRun) -> None:
-    """Run the stages over the files to process, into the index (and Vespa, when feeding inline)."""
+    """Run the stages over the files to process, into the index (and Vespa, when feeding inline),
+    printing progress lines meanwhile (:mod:`pipelines.progress`)."""
     if not run.work.process:
         return
     writer = PartWriter(run.location, run.job.model.name, run.job.config_hash(), run.run_id)
@@ -144,17 +158,29 @@ def execute(run: IndexRun) -> None:
         {"source_uri": [f.uri for f in run.work.process], "source_size": [f.size for f in run.work.process]},
         schema=schema.SOURCE_SCHEMA,
     )
-    run.totals = run.backend.execute(sources, run.stage_plan, block_writer)
+    counter = progress.Progress(len(run.work.process))
+    labels = {"index": run.location.location, "run_id": run.run_id}
+    with progress.ProgressReporter(counter, run.job.progress, labels=labels) as reporter:
+        if not reporter.active:  # a terminal: Ray Data draws its bars, nothing to count
+            run.totals = run.backend.execute(sources, run.stage_plan, block_writer)
+            return
+        with run.backend.progress_relay(counter.add) as send:
+            run.totals = run.backend.execute(sources, run.stage_plan, progress.ProgressWriter(block_writer, send))
+        reporter.totals = run.totals
 
 
 def commit(run: IndexRun) -> None:
-    """Commit the run's complete documents, then compact this run's parts and any a crash left."""
+    """Commit the run's complete documents, then compact this run's parts and any a crash left, and
+    merge the ledger's part files into a snapshot when there are many."""
     failpoints.hit("before_commit")
+    run.lease.check()  # a run that lost the index to another never commits over it
     book = run.location.ledger
     run.commit = book.commit(run.run_id)
     compacted_runs, compact_tags = book.compaction_due()
     run.compaction = run.location.compact(compact_tags)
     book.mark_compacted(compacted_runs, run.compaction)
+    if book.snapshot_due():  # one ledger part per commit: merge them so reads stay one file, not one per run
+        run.compaction.update(book.snapshot(run.run_id))
     run.wall_s = time.perf_counter() - run.started
 
 
@@ -183,6 +209,7 @@ def report(run: IndexRun) -> dict[str, Any]:
         "index": run.location.location,
         "model": job.model.name,
         "is_test_model": job.spec.is_test_model,
+        "embedding_dim": job.spec.dim,
         "config_hash": job.config_hash(),
         "settings": job.vector_settings(),
         "plan": run.work.counts(),

@@ -38,14 +38,18 @@ def config_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def affects_vectors(key: str | None = None, when: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+def affects_vectors(
+    key: str | None = None, when: Callable[[Any], bool] | None = None, omit_default: bool = False
+) -> dict[str, Any]:
     """Metadata for a config dataclass field whose value changes a page's vectors.
 
     Such fields make up the config hash (:func:`vector_settings`): ``key`` names the field there
     (default: its own name); with ``when``, the value counts only when ``when(config)`` is true (it
-    is recorded as None otherwise, e.g. a JPEG quality while pages are PNG).
+    is recorded as None otherwise, e.g. a JPEG quality while pages are PNG). With ``omit_default``
+    the field is left out while it has its default value, so adding such a field keeps the hash of
+    every existing index.
     """
-    return {"affects_vectors": True, "hash_key": key, "hash_when": when}
+    return {"affects_vectors": True, "hash_key": key, "hash_when": when, "hash_omit_default": omit_default}
 
 
 def vector_settings(*configs: Any) -> dict[str, Any]:
@@ -57,5 +61,7 @@ def vector_settings(*configs: Any) -> dict[str, Any]:
                 continue
             when = spec.metadata.get("hash_when")
             value = getattr(config, spec.name) if when is None or when(config) else None
+            if spec.metadata.get("hash_omit_default") and value == spec.default:
+                continue
             out[spec.metadata.get("hash_key") or spec.name] = value
     return out

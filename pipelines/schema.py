@@ -8,7 +8,8 @@ it to the ``errors`` table.
 
 Vectors are stored as raw little-endian bytes instead of nested Arrow lists: ``embedding`` holds a
 row-major ``(n_vectors, dim)`` float16 matrix, ``binary`` a ``(n_vectors, dim // 8)`` uint8 matrix of
-packed sign bits (big-endian within each byte, the order Vespa's ``unpack_bits`` reads). That keeps
+packed sign bits, where ``dim`` is the model's vector width, recorded per row in ``embedding_dim`` (128 for
+most models, 320 for ColQwen3) (big-endian within each byte, the order Vespa's ``unpack_bits`` reads). That keeps
 blocks compact, avoids Arrow's nested-list copies in Ray, and is the exact byte layout the Vespa feed
 sends as hex.
 """
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-EMBEDDING_DIM = 128
-BINARY_BYTES = EMBEDDING_DIM // 8
+#: The vector width of indexes written before the width was recorded (every registered model was 128-d then);
+#: only used to read such indexes. New rows carry theirs in ``embedding_dim`` (the model's, see the registry).
+LEGACY_EMBEDDING_DIM = 128
 
 #: Columns of a source row, produced by listing the input location.
 SOURCE_SCHEMA = pa.schema(
@@ -47,12 +50,16 @@ PAGE_SCHEMA = pa.schema(
         pa.field("image_height", pa.int32()),
         pa.field("thumbnail", pa.binary()),  # small JPEG for result lists; null when disabled
         pa.field("text", pa.large_string()),  # the page's text layer, "" when it has none
+        # preprocess -> embed: the page's model inputs (pipelines.models.inputs: a safetensors blob of pixel
+        # values, patch grid, token ids) and its token count; transient: embed clears it, never written
+        pa.field("model_inputs", pa.large_binary()),
+        pa.field("n_tokens", pa.int32()),
         # embed (raw vectors) then pool (pooled vectors replace them)
         pa.field("n_vectors_raw", pa.int32()),
         pa.field("n_vectors", pa.int32()),
-        pa.field("embedding", pa.binary()),  # float16 (n_vectors, 128)
+        pa.field("embedding", pa.binary()),  # float16 (n_vectors, embedding_dim)
         # binarize
-        pa.field("binary", pa.binary()),  # uint8 (n_vectors, 16)
+        pa.field("binary", pa.binary()),  # uint8 (n_vectors, embedding_dim // 8)
         # provenance
         pa.field("model", pa.string()),
         pa.field("config_hash", pa.string()),
@@ -63,9 +70,27 @@ PAGE_SCHEMA = pa.schema(
         # pool (pooling.rerank_pool_factor): the float re-ranking vectors when they are pooled differently from
         # ``embedding`` (null otherwise: ``embedding`` is then the re-ranking vectors too)
         pa.field("n_rerank_vectors", pa.int32()),
-        pa.field("rerank_embedding", pa.binary()),  # float16 (n_rerank_vectors, 128)
+        pa.field("rerank_embedding", pa.binary()),  # float16 (n_rerank_vectors, embedding_dim)
         # rasterize: the renderer that produced the page image (poppler | pdfium); null on error rows
         pa.field("renderer", pa.string()),
+        # embed: where each raw vector lies on the page (pipelines.similarity_maps.PatchLayout): a grid of
+        # patch_rows x patch_cols cells over the whole page image, and per raw vector its cell (row-major) or -1
+        # (prompt tokens, a split-image model's global tile); null when the model's layout is unknown
+        pa.field("patch_rows", pa.int32()),
+        pa.field("patch_cols", pa.int32()),
+        pa.field("patch_cells", pa.binary()),  # int32 (n_vectors_raw,)
+        # pool: per raw vector, the row of ``embedding`` (``pool_groups``) and of ``rerank_embedding``
+        # (``rerank_pool_groups``) it was pooled into; null when those rows are the raw vectors themselves
+        pa.field("pool_groups", pa.binary()),  # int32 (n_vectors_raw,)
+        pa.field("rerank_pool_groups", pa.binary()),  # int32 (n_vectors_raw,)
+        # embed: the width of every vector of the row (the model's; binary vectors are embedding_dim // 8 bytes)
+        pa.field("embedding_dim", pa.int32()),
+        # pool: one vector per page (pipelines.muvera). page_embedding: float16 (embedding_dim,), the page's own
+        # single-vector embedding when its model supplies one (the embed stage fills it), else the normalised mean
+        # of its raw vectors; muvera_embedding: float16 (muvera dim,), the MUVERA fixed dimensional encoding of the
+        # re-ranking vectors (pooling.muvera; its dimension follows from those settings and the vector width)
+        pa.field("page_embedding", pa.binary()),
+        pa.field("muvera_embedding", pa.binary()),
     ]
 )
 
@@ -92,6 +117,14 @@ INDEX_PAGE_COLUMNS = [
     "n_rerank_vectors",
     "rerank_embedding",
     "renderer",
+    "patch_rows",
+    "patch_cols",
+    "patch_cells",
+    "pool_groups",
+    "rerank_pool_groups",
+    "embedding_dim",
+    "page_embedding",
+    "muvera_embedding",
 ]
 
 #: Columns written to the index's ``errors`` table.
@@ -149,14 +182,58 @@ def ok_mask(table: pa.Table) -> np.ndarray:
     return table.column("error_type").is_null().to_numpy(zero_copy_only=False)
 
 
-def decode_embedding(buffer: bytes, dim: int = EMBEDDING_DIM) -> np.ndarray:
-    """float16 ``(n, dim)`` view of an ``embedding`` cell."""
+def binary_bytes(dim: int) -> int:
+    """Bytes of one packed binary vector of width ``dim`` (one sign bit per dimension)."""
+    if dim < 8 or dim % 8:
+        msg = f"vector width must be a positive multiple of 8, got {dim}"
+        raise ValueError(msg)
+    return dim // 8
+
+
+def decode_embedding(buffer: bytes, dim: int) -> np.ndarray:
+    """float16 ``(n, dim)`` view of an ``embedding`` (or ``rerank_embedding``) cell."""
     return np.frombuffer(buffer, dtype="<f2").reshape(-1, dim)
 
 
-def decode_binary(buffer: bytes, n_bytes: int = BINARY_BYTES) -> np.ndarray:
-    """uint8 ``(n, dim // 8)`` view of a ``binary`` cell."""
-    return np.frombuffer(buffer, dtype=np.uint8).reshape(-1, n_bytes)
+def decode_binary(buffer: bytes, dim: int) -> np.ndarray:
+    """uint8 ``(n, dim // 8)`` view of a ``binary`` cell of ``dim``-wide vectors."""
+    return np.frombuffer(buffer, dtype=np.uint8).reshape(-1, binary_bytes(dim))
+
+
+def row_dim(row) -> int:
+    """The vector width of a page row (a dict): its ``embedding_dim``, else (rows written before the column
+    existed) derived from its bytes: ``binary`` holds ``n_vectors * dim / 8`` bytes, ``embedding`` twice ``dim``
+    bytes per vector."""
+    dim = row.get("embedding_dim")
+    if dim:
+        return int(dim)
+    n = row.get("n_vectors")
+    if n and row.get("binary"):
+        return 8 * len(row["binary"]) // n
+    if n and row.get("embedding"):
+        return len(row["embedding"]) // (2 * n)
+    return LEGACY_EMBEDDING_DIM
+
+
+def table_dim(pages: pa.Table) -> int:
+    """The one vector width of a pages table: its ``embedding_dim`` values, else derived from the ``binary`` bytes
+    per vector (indexes written before the column). Raises ``ValueError`` when pages of different widths
+    (different models) are mixed, or the bytes do not divide into whole vectors."""
+    if "embedding_dim" in pages.column_names:
+        dims = {d for d in pages.column("embedding_dim").to_pylist() if d is not None}
+        if len(dims) > 1:
+            msg = f"pages of different vector widths {sorted(dims)} (different models) in one index"
+            raise ValueError(msg)
+        if dims and pages.column("embedding_dim").null_count == 0:
+            return dims.pop()
+    n_vectors = int(pc.sum(pages.column("n_vectors")).as_py() or 0)
+    if n_vectors == 0:
+        return LEGACY_EMBEDDING_DIM
+    n_bytes = sum(len(b) for b in pages.column("binary").to_pylist() if b is not None)
+    if (8 * n_bytes) % n_vectors:
+        msg = f"binary column holds {n_bytes} bytes but n_vectors sums to {n_vectors}: not whole vectors"
+        raise ValueError(msg)
+    return 8 * n_bytes // n_vectors
 
 
 def with_column(table: pa.Table, name: str, values) -> pa.Table:

@@ -21,6 +21,15 @@ cannot answer.
   unpooled, else ``embedding``); ``two_phase_unpacked`` is float query × ``unpack_bits(d)`` (0/1 per bit)
   MaxSim, for indexes fed without float vectors.
 * ``float`` is exact MaxSim over the float re-ranking vectors of every page; ``binary`` the first phase only.
+* ``hybrid``: ``two_phase`` whose retrieval adds the best BM25 matches of the query's words
+  (:mod:`pipelines.text_search`, title and text layer) and whose second phase adds
+  ``HYBRID_BM25_WEIGHT * (bm25(title) + bm25(text))``, the Vespa profile's weights; ``fusion="rrf"`` fuses the
+  two by reciprocal rank instead.
+* One vector per page (:mod:`pipelines.muvera`): ``muvera`` retrieves the ``page_target_hits`` pages whose MUVERA
+  encoding has the largest dot product with the query's (brute force here, HNSW in Vespa), ranks them by it and
+  re-ranks the top ``rerank_count`` by exact MaxSim; ``page_vector`` does the same with the cosine of the mean page
+  vector and the query's mean vector. :meth:`LocalIndex.similar_pages` ranks pages by their page vectors' cosine
+  to one page's ("pages like this page").
 """
 
 from __future__ import annotations
@@ -37,16 +46,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import index, schema
 from pipelines.errors import ConfigError
+from pipelines.muvera import MuveraSettings, mean_vector
 from pipelines.stages.compress import binarize, unpack_bits
+from pipelines.text_search import HYBRID_BM25_WEIGHT, TEXT_TARGET_HITS, TextIndex, reciprocal_rank_fusion
 
 if TYPE_CHECKING:
     from pipelines.models.encoder import MultiVectorEncoder
     from pipelines.vespa.client import VespaEndpoint
     from pipelines.vespa.query import VespaQuerySettings
 
-PROFILES = ("two_phase", "two_phase_unpacked", "float", "binary")
+PROFILES = ("two_phase", "two_phase_unpacked", "float", "binary", "hybrid", "muvera", "page_vector")
 #: Profiles whose ranking reads the float re-ranking vectors.
-FLOAT_PROFILES = ("two_phase", "float", "hybrid")
+FLOAT_PROFILES = ("two_phase", "float", "hybrid", "muvera", "page_vector")
+#: The one-vector-per-page profiles and the index column each retrieves with.
+SINGLE_VECTOR_PROFILES = {"muvera": "muvera_embedding", "page_vector": "page_embedding"}
+#: How ``hybrid`` combines exact MaxSim and BM25: Vespa's weighted sum, or reciprocal rank fusion.
+FUSIONS = ("linear", "rrf")
 #: How candidates are found: every page, or per-token nearest neighbours over the binary vectors (Vespa's way).
 RETRIEVALS = ("all", "nearest_neighbor")
 #: Vectors per first-phase chunk: its (tokens, n) uint64 temporary then stays within L2 cache.
@@ -64,30 +79,44 @@ class Hit:
 class LocalIndex:
     """All pages of an index in memory as flat vector arrays with per-page offsets.
 
-    ``binary`` is ``(V, 16)`` uint8 (the candidate vectors; ``offsets[i]:offsets[i+1]`` are page ``i``'s
-    rows) and ``embedding`` the float16 ``(W, 128)`` re-ranking vectors (``float_offsets``; loaded only
-    when needed): the ``rerank_embedding`` column when the index stores one (``pooling.rerank_pool_factor``),
-    else ``embedding``, whose rows then share ``offsets``. ``threads`` bounds the worker threads of
-    the first phase (numpy releases the GIL inside its loops, so chunks of pages score in parallel).
+    ``dim`` is the index's vector width (:func:`pipelines.schema.table_dim`: the model's, e.g. 128 or 320);
+    queries must have it. ``binary`` is ``(V, dim / 8)`` uint8 (the candidate vectors;
+    ``offsets[i]:offsets[i+1]`` are page ``i``'s rows) and ``embedding`` the float16 ``(W, dim)`` re-ranking
+    vectors (``float_offsets``; loaded only when needed): the ``rerank_embedding`` column when the index
+    stores one (``pooling.rerank_pool_factor``), else ``embedding``, whose rows then share ``offsets``.
+    ``threads`` bounds the worker threads of the first phase (numpy releases the GIL inside its loops, so
+    chunks of pages score in parallel).
+
+    ``page_vectors`` and ``muvera_vectors`` are the one-vector-per-page columns (``page_embedding``,
+    ``muvera_embedding``) as float32 ``(pages, d)`` matrices, or None when the index lacks them (or some of its parts
+    predate them); ``muvera`` are the settings the index's encodings were built with (its ``pooling.muvera``),
+    which encode the queries the same way (default: :class:`~pipelines.muvera.MuveraSettings`).
 
     Scoring works on page-aligned chunks of vectors so that temporaries stay small (cache-sized for
     the first phase, bounded for the float profile) whatever the index size; chunking changes
     neither the math nor the order of the float64 sums.
     """
 
-    def __init__(self, pages: pa.Table, load_float: bool = True, threads: int | None = None):
-        vector_columns = ("embedding", "binary", "rerank_embedding")
+    def __init__(
+        self,
+        pages: pa.Table,
+        load_float: bool = True,
+        threads: int | None = None,
+        muvera: MuveraSettings | None = None,
+    ):
+        vector_columns = ("embedding", "binary", "rerank_embedding", *SINGLE_VECTOR_PROFILES.values())
         self.pages = pages.drop_columns([c for c in vector_columns if c in pages.column_names])
         counts = np.asarray(pages.column("n_vectors").to_numpy(zero_copy_only=False), dtype=np.int64)
         if (counts < 1).any():
             msg = "every indexed page must have at least one vector"
             raise ValueError(msg)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.binary = _column_bytes(pages.column("binary")).reshape(-1, schema.BINARY_BYTES)
+        self.dim = schema.table_dim(pages)
+        self.binary = _column_bytes(pages.column("binary")).reshape(-1, schema.binary_bytes(self.dim))
         _check_rows(self.binary, self.offsets, "binary")
-        # The two 64-bit words of every vector as two contiguous rows: hamming distance is then two
-        # XORs and two popcounts over contiguous memory for all query tokens at once.
-        self._words = np.ascontiguousarray(self.binary.view(np.uint64).T)
+        # The 64-bit words of every vector (ceil(dim / 64) of them, zero-padded) as contiguous rows: hamming
+        # distance is then one XOR and one popcount per word over contiguous memory for all query tokens at once.
+        self._words = np.ascontiguousarray(_words(self.binary).T)
         # Separate re-ranking vectors: an index written with pooling.rerank_pool_factor (older parts read as nulls).
         self.separate_rerank = "rerank_embedding" in pages.column_names and pages.column(
             "rerank_embedding"
@@ -99,8 +128,13 @@ class LocalIndex:
         self.embedding = None
         if load_float:
             column = "rerank_embedding" if self.separate_rerank else "embedding"
-            self.embedding = _column_bytes(pages.column(column)).view("<f2").reshape(-1, schema.EMBEDDING_DIM)
+            self.embedding = _column_bytes(pages.column(column)).view("<f2").reshape(-1, self.dim)
             _check_rows(self.embedding, self.float_offsets, column)
+        # Kept as columns until a profile needs them (a MUVERA encoding is 40 KiB per page in float32).
+        self._single_columns = {c: pages.column(c) for c in SINGLE_VECTOR_PROFILES.values() if c in pages.column_names}
+        self._single: dict[str, np.ndarray | None] = {}
+        self.muvera = muvera or MuveraSettings()
+        self._text: TextIndex | None = None
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
         self._chunks = _page_chunks(self.offsets, CHUNK_VECTORS)
         self._float_chunks = _page_chunks(self.float_offsets, FLOAT_CHUNK_VECTORS)
@@ -112,19 +146,23 @@ class LocalIndex:
         """``(nearest, token_code)``: ``nearest[c, p]`` is the smallest hamming distance between the
         sign bits of distinct query code ``c`` and any binary vector of page ``p``; query token ``t``
         has code ``token_code[t]``."""
+        self.check_query(query)
         # Tokens with identical sign bits have identical distances: score each distinct code once.
-        query_words = np.ascontiguousarray(binarize(query)).view(np.uint64)  # (q, 2)
+        query_words = _words(binarize(query))  # (q, words)
         codes, token_code = np.unique(query_words, axis=0, return_inverse=True)
-        first_word, second_word = codes[:, :1].copy(), codes[:, 1:].copy()
-        nearest = np.empty((len(codes), len(self)), dtype=np.uint8)
+        code_words = [codes[:, w : w + 1].copy() for w in range(codes.shape[1])]
+        # Distances reach dim: uint8 holds them up to 255 (128-d), wider models need uint16.
+        distance_type = np.uint8 if self.dim <= np.iinfo(np.uint8).max else np.uint16
+        nearest = np.empty((len(codes), len(self)), dtype=distance_type)
 
         def score_chunk(chunk: tuple[int, int]) -> None:
             first, last = chunk
             start, stop = self.offsets[first], self.offsets[last]
-            xor = np.bitwise_xor(self._words[0, start:stop], first_word)  # (codes, n): every code at once
-            distance = np.bitwise_count(xor)  # uint8: at most 128
-            np.bitwise_xor(self._words[1, start:stop], second_word, out=xor)
-            distance += np.bitwise_count(xor)
+            xor = np.bitwise_xor(self._words[0, start:stop], code_words[0])  # (codes, n): every code at once
+            distance = np.bitwise_count(xor).astype(distance_type, copy=False)
+            for w in range(1, len(code_words)):
+                np.bitwise_xor(self._words[w, start:stop], code_words[w], out=xor)
+                distance += np.bitwise_count(xor)
             nearest[:, first:last] = np.minimum.reduceat(distance, self.offsets[first:last] - start, axis=1)
 
         if self.threads > 1 and len(self._chunks) > 1:
@@ -135,8 +173,17 @@ class LocalIndex:
                 score_chunk(chunk)
         return nearest, token_code.reshape(-1)
 
+    def check_query(self, query: np.ndarray) -> None:
+        """Raise ``ValueError`` unless ``query`` is ``(q, dim)``: queries must come from the index's model."""
+        if query.ndim != 2 or query.shape[1] != self.dim:
+            msg = (
+                f"query vectors of shape {query.shape} against an index of {self.dim}-d vectors: encode the "
+                "queries with the model the index was built with"
+            )
+            raise ValueError(msg)
+
     def hamming_maxsim(self, query: np.ndarray) -> np.ndarray:
-        """First-phase score of every page for float query vectors ``(q, 128)``."""
+        """First-phase score of every page for float query vectors ``(q, dim)``."""
         return _hamming_scores(*self.nearest_distances(query))
 
     def nearest_neighbor_candidates(
@@ -161,6 +208,7 @@ class LocalIndex:
         return np.unique(np.concatenate(found)) if found else np.arange(0)
 
     def _maxsim(self, query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        self.check_query(query)
         similarity = query.astype(np.float32) @ vectors.T  # (q, V)
         return np.maximum.reduceat(similarity, offsets[:-1], axis=1).sum(axis=0, dtype=np.float64)
 
@@ -208,6 +256,64 @@ class LocalIndex:
             scores[first:last] = self._maxsim(query, vectors, offsets[first : last + 1] - start)
         return scores
 
+    @property
+    def page_vectors(self) -> np.ndarray | None:
+        """``page_embedding`` as float32 ``(pages, dim)`` (converted on first use), None when the index lacks it."""
+        return self._single_vectors("page_embedding")
+
+    @property
+    def muvera_vectors(self) -> np.ndarray | None:
+        """``muvera_embedding`` as float32 ``(pages, muvera dim)``, None when the index lacks it."""
+        return self._single_vectors("muvera_embedding")
+
+    def _single_vectors(self, column: str) -> np.ndarray | None:
+        # float32 once: a brute-force dot product per query then runs in BLAS (float16 matmul does not).
+        if column not in self._single:
+            self._single[column] = _single_vectors(self._single_columns.get(column), len(self))
+        return self._single[column]
+
+    def single_vector_scores(self, query: np.ndarray, profile: str) -> np.ndarray:
+        """First-phase score of every page for a one-vector profile: ``muvera``, the dot product of the query's
+        and the page's MUVERA encodings; ``page_vector``, the cosine of the query's and the page's mean vectors."""
+        self.check_query(query)
+        column = SINGLE_VECTOR_PROFILES[profile]
+        vectors = self.muvera_vectors if profile == "muvera" else self.page_vectors
+        if vectors is None:
+            msg = (
+                f"the {profile} profile needs the index's {column} column, which this index (or some of its parts) "
+                "lacks: rebuild it with pooling.page_vector=true and pooling.muvera set (the defaults)"
+            )
+            raise ValueError(msg)
+        if profile == "page_vector":
+            return (vectors @ mean_vector(query)).astype(np.float64)
+        encoder = self.muvera.encoder(self.dim)
+        if encoder.dim != vectors.shape[1]:
+            msg = (
+                f"the index's muvera_embedding has {vectors.shape[1]} values per page but {self.muvera} gives "
+                f"{encoder.dim}: search with the index's own pooling.muvera settings"
+            )
+            raise ValueError(msg)
+        return (vectors @ encoder.query(query)).astype(np.float64)
+
+    def similar_pages(self, page_index: int, top_k: int = 10) -> list[Hit]:
+        """The ``top_k`` other pages whose page vectors have the highest cosine to page ``page_index``'s."""
+        if self.page_vectors is None:
+            msg = "similar pages need the index's page_embedding column: rebuild it with pooling.page_vector=true"
+            raise ValueError(msg)
+        scores = (self.page_vectors @ self.page_vectors[page_index]).astype(np.float64)
+        others = np.flatnonzero(np.arange(len(self)) != page_index)
+        return _top(scores[others], others, top_k)
+
+    @property
+    def text_index(self) -> TextIndex:
+        """BM25 over the pages' ``title`` and ``text`` (built on first use)."""
+        if self._text is None:
+            columns = self.pages.column_names
+            titles = self.pages.column("title").to_pylist() if "title" in columns else [None] * len(self)
+            texts = self.pages.column("text").to_pylist() if "text" in columns else [None] * len(self)
+            self._text = TextIndex(titles, texts)
+        return self._text
+
     def search(
         self,
         query: np.ndarray,
@@ -217,12 +323,19 @@ class LocalIndex:
         retrieval: str = "all",
         target_hits: int = 100,
         max_query_tokens: int = 64,
+        *,
+        text: str | None = None,
+        page_target_hits: int = 200,
+        fusion: str = "linear",
+        text_target_hits: int = TEXT_TARGET_HITS,
     ) -> list[Hit]:
         """Top ``top_k`` pages for one query's vectors, best first, as :class:`Hit` list.
 
         ``retrieval`` picks the pages the phases rank (``all``, or ``nearest_neighbor`` with
-        ``target_hits`` per query token, as Vespa's query does); the ``float`` profile ranks the
-        retrieved pages by exact MaxSim alone.
+        ``target_hits`` per query token, as Vespa's query does; for ``muvera`` and ``page_vector`` the
+        ``page_target_hits`` nearest pages by their one vector); the ``float`` profile ranks the
+        retrieved pages by exact MaxSim alone. ``hybrid`` also retrieves the ``text_target_hits`` best BM25
+        matches of ``text`` (the query's words) and adds their BM25 in the second phase (``fusion``).
         """
         if profile not in PROFILES:
             msg = f"profile must be one of {PROFILES}, got {profile!r}"
@@ -230,8 +343,16 @@ class LocalIndex:
         if retrieval not in RETRIEVALS:
             msg = f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}"
             raise ValueError(msg)
+        if fusion not in FUSIONS:
+            msg = f"fusion must be one of {FUSIONS}, got {fusion!r}"
+            raise ValueError(msg)
         if len(self) == 0:
             return []
+        if profile in SINGLE_VECTOR_PROFILES:
+            scores = self.single_vector_scores(query, profile)
+            matched = np.arange(len(self)) if retrieval == "all" else np.sort(_top_indexes(scores, page_target_hits))
+            candidates = matched[_top_indexes(scores[matched], max(rerank_count, top_k))]
+            return _top(self.float_maxsim_of(query, candidates), candidates, top_k)
         if profile == "float" and retrieval == "all":
             return _top(self.float_maxsim(query), np.arange(len(self)), top_k)
         nearest = self.nearest_distances(query)
@@ -239,6 +360,8 @@ class LocalIndex:
             matched = np.arange(len(self))
         else:
             matched = self.nearest_neighbor_candidates(query, target_hits, max_query_tokens, nearest)
+        if profile == "hybrid" and text:
+            matched = np.union1d(matched, self.text_index.candidates(text, text_target_hits))
         if profile == "float":
             return _top(self.float_maxsim_of(query, matched), matched, top_k)
         first = _hamming_scores(*nearest)[matched]
@@ -247,7 +370,35 @@ class LocalIndex:
         candidates = matched[_top_indexes(first, max(rerank_count, top_k))]
         if profile == "two_phase_unpacked":
             return _top(self.unpacked_maxsim(query, candidates), candidates, top_k)
-        return _top(self.float_maxsim_of(query, candidates), candidates, top_k)
+        exact = self.float_maxsim_of(query, candidates)
+        if profile == "hybrid" and text:
+            bm25 = self.text_index.scores(text)[candidates]
+            fused = exact + HYBRID_BM25_WEIGHT * bm25 if fusion == "linear" else reciprocal_rank_fusion(exact, bm25)
+            return _top(fused, candidates, top_k)
+        return _top(exact, candidates, top_k)
+
+
+def _single_vectors(column: pa.ChunkedArray | None, n_pages: int) -> np.ndarray | None:
+    """A one-vector-per-page column as float32 ``(pages, d)``; None when absent or not set on every page."""
+    if column is None or column.null_count or n_pages == 0:
+        return None
+    flat = _column_bytes(column).view("<f2")
+    if len(flat) % n_pages:
+        msg = f"a one-vector column holds {len(flat)} values, not the same number for each of {n_pages} pages"
+        raise ValueError(msg)
+    return flat.reshape(n_pages, -1).astype(np.float32)
+
+
+def _words(packed: np.ndarray) -> np.ndarray:
+    """Packed bits ``(n, bytes)`` as ``(n, ceil(bytes / 8))`` uint64 words; the last word zero-padded (zero bits
+    XOR to zero, so padding never adds distance)."""
+    n, n_bytes = packed.shape
+    width = -(-n_bytes // 8) * 8
+    if width != n_bytes:
+        padded = np.zeros((n, width), dtype=np.uint8)
+        padded[:, :n_bytes] = packed
+        packed = padded
+    return np.ascontiguousarray(packed).view(np.uint64)
 
 
 def _hamming_scores(nearest: np.ndarray, token_code: np.ndarray) -> np.ndarray:
@@ -360,8 +511,11 @@ class Searcher:
     Give exactly one backend: ``local`` (an in-memory index; ``model_name`` is then the index's
     model, reported on every hit) or ``endpoint`` (a configured Vespa endpoint, with
     ``query_settings``). ``profile``, ``top_k`` and ``rerank_count`` are defaults that each call may
-    override; ``retrieval``, ``target_hits`` and ``max_query_tokens`` choose the local candidates (Vespa
-    takes them from ``query_settings``). The encoder is ``encoder`` when given (to share one between searchers), else
+    override; ``retrieval``, ``target_hits``, ``max_query_tokens`` and ``page_target_hits`` choose the local
+    candidates (Vespa takes them from ``query_settings``), ``fusion`` how the local ``hybrid`` combines MaxSim and
+    BM25 (``linear``: Vespa's weights; ``rrf``: local only). ``muvera`` are the index's MUVERA settings (queries are
+    encoded with them for the ``muvera`` profile; default: the index's, else the defaults). The encoder is
+    ``encoder`` when given (to share one between searchers), else
     ``model.load()`` on first use, once. ``index_model`` is the model name local hits report
     (the index's own; default: the ``model`` column of the pages).
     """
@@ -381,6 +535,9 @@ class Searcher:
         retrieval: str = "all",
         target_hits: int = 100,
         max_query_tokens: int = 64,
+        page_target_hits: int = 200,
+        fusion: str = "linear",
+        muvera: MuveraSettings | None = None,
     ):
         if (local is None) == (endpoint is None):
             msg = "a Searcher needs exactly one backend: a local index or a Vespa endpoint"
@@ -400,6 +557,15 @@ class Searcher:
         self.retrieval = retrieval
         self.target_hits = int(target_hits)
         self.max_query_tokens = int(max_query_tokens)
+        if int(page_target_hits) < 1 or fusion not in FUSIONS or (fusion != "linear" and local is None):
+            msg = (
+                f"page_target_hits must be >= 1 (got {page_target_hits}) and fusion one of {FUSIONS} (got "
+                f"{fusion!r}); Vespa's hybrid profile fuses linearly, rrf is local only"
+            )
+            raise ConfigError(msg)
+        self.page_target_hits = int(page_target_hits)
+        self.fusion = fusion
+        self.muvera = muvera or (local.muvera if local is not None else MuveraSettings())
         self._encoder = encoder
         self.index_model = index_model
         self.profile = self.check_profile(profile)
@@ -410,7 +576,7 @@ class Searcher:
 
     @property
     def profiles(self) -> tuple[str, ...]:
-        """Rank profiles this backend knows (``hybrid`` needs Vespa's BM25)."""
+        """Rank profiles this backend knows."""
         from pipelines.vespa.query import PROFILES as VESPA_PROFILES
 
         return PROFILES if self.local is not None else VESPA_PROFILES
@@ -418,7 +584,7 @@ class Searcher:
     def check_profile(self, profile: str) -> str:
         """``profile`` if this backend has it; else :class:`ConfigError` naming the choices."""
         if profile not in self.profiles:
-            where = "a local index (hybrid needs Vespa's BM25)" if self.local is not None else "Vespa"
+            where = "a local index" if self.local is not None else "Vespa"
             msg = f"profile must be one of {self.profiles} for {where}, got {profile!r}"
             raise ConfigError(msg)
         return profile
@@ -439,16 +605,23 @@ class Searcher:
         query_settings = vespa_config.settings(cfg, "query")
         profiles = vespa_query.PROFILES if endpoint.configured else PROFILES
         if cfg.profile not in profiles:
-            where = "Vespa" if endpoint.configured else "a local index (hybrid needs Vespa's BM25)"
+            where = "Vespa" if endpoint.configured else "a local index"
             msg = f"profile must be one of {profiles} for {where}, got {cfg.profile!r}"
             raise ConfigError(msg)
         location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
         index_cfg = _read_index_config(location)
-        options = {"profile": str(cfg.profile), "top_k": int(cfg.top_k), "rerank_count": int(cfg.rerank_count)}
+        options = {
+            "profile": str(cfg.profile),
+            "top_k": int(cfg.top_k),
+            "rerank_count": int(cfg.rerank_count),
+            "fusion": str(cfg.get("fusion") or "linear"),
+            "muvera": _index_muvera(index_cfg),
+        }
         local_options = {
             "retrieval": str(cfg.get("retrieval") or "all"),
             "target_hits": int(cfg.get("target_hits") or 100),
             "max_query_tokens": int(query_settings.max_query_tokens),
+            "page_target_hits": int(cfg.get("page_target_hits") or 200),
         }
         if endpoint.configured:
             if not cfg.model.name and index_cfg is None:
@@ -462,7 +635,7 @@ class Searcher:
         if index_cfg is None:
             msg = f"no index at {cfg.index!r} (expected {index.CONFIG_FILE}); run jobs.index first or set index=<path>"
             raise FileNotFoundError(msg)
-        local = LocalIndex(location.read_pages(), load_float=cfg.profile in FLOAT_PROFILES)
+        local = LocalIndex(location.read_pages(), load_float=cfg.profile in FLOAT_PROFILES, muvera=options["muvera"])
         # Local hits carry the index's own model name, whatever ``model.name`` says.
         model = _query_model(cfg, index_cfg)
         return cls(model, local=local, index_model=str(index_cfg.model.name), **options, **local_options)
@@ -475,7 +648,7 @@ class Searcher:
         return self._encoder
 
     def encode(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """Token vectors ``(q, 128)`` of each query."""
+        """Token vectors ``(q, dim)`` of each query (``dim``: the model's vector width)."""
         return self.encoder.embed_queries(list(queries))
 
     def search(self, queries: Sequence[str], **options: Any) -> list[list[PageHit]]:
@@ -499,14 +672,19 @@ class Searcher:
         profile = self.check_profile(profile or self.profile)
         top_k = self.top_k if top_k is None else int(top_k)
         rerank_count = self.rerank_count if rerank_count is None else int(rerank_count)
+        texts = list(texts) if texts is not None else [None] * len(vectors)
         if self.local is not None:
             options = {"retrieval": self.retrieval, "target_hits": self.target_hits}
-            options["max_query_tokens"] = self.max_query_tokens
-            return [self._local_hits(self.local.search(v, top_k, profile, rerank_count, **options)) for v in vectors]
+            options |= {"max_query_tokens": self.max_query_tokens, "page_target_hits": self.page_target_hits}
+            return [
+                self._local_hits(
+                    self.local.search(v, top_k, profile, rerank_count, text=t, fusion=self.fusion, **options)
+                )
+                for v, t in zip(vectors, texts, strict=True)
+            ]
         from pipelines.vespa import query as vespa_query
 
         settings = self.query_settings or vespa_query.VespaQuerySettings()
-        texts = list(texts) if texts is not None else [None] * len(vectors)
         try:
             answers = vespa_query.search(
                 self.endpoint,
@@ -515,11 +693,25 @@ class Searcher:
                 top_k,
                 settings,
                 rerank_count=rerank_count,
+                muvera=self.muvera,
             )
         except vespa_query.VespaQueryError as exc:
             msg = f"Vespa at {self.endpoint.safe_url}: {exc}"
             raise SearchError(msg) from exc
         return [[PageHit(**{**hit, "model": hit.get("model") or self.model.name}) for hit in hits] for hits in answers]
+
+    def similar_pages(self, page_id: str, top_k: int | None = None) -> list[PageHit]:
+        """Pages like page ``page_id``: the ``top_k`` others whose page vectors are nearest (local index; with Vespa,
+        :func:`pipelines.vespa.query.similar_pages` takes the page's vector). Raises ``KeyError`` for an unknown
+        page."""
+        if self.local is None:
+            msg = "similar_pages reads the page's vector from a local index; with Vespa use vespa.query.similar_pages"
+            raise ConfigError(msg)
+        ids = self.local.pages.column("page_id").to_pylist()
+        if page_id not in ids:
+            raise KeyError(page_id)
+        hits = self.local.similar_pages(ids.index(page_id), self.top_k if top_k is None else int(top_k))
+        return self._local_hits(hits)
 
     def _local_hits(self, hits: list[Hit]) -> list[PageHit]:
         if not hits:
@@ -542,6 +734,12 @@ def _read_index_config(location: index.IndexLocation) -> DictConfig | None:
         return OmegaConf.create(location.read_text(index.CONFIG_FILE))
     except FileNotFoundError:
         return None
+
+
+def _index_muvera(index_cfg: DictConfig | None) -> MuveraSettings | None:
+    """The MUVERA settings the index was built with (its ``pooling.muvera``); None when it records none."""
+    node = index_cfg.get("pooling", {}).get("muvera") if index_cfg is not None else None
+    return MuveraSettings(**OmegaConf.to_container(node)) if node else None
 
 
 def _query_model(cfg: DictConfig, index_cfg: DictConfig | None) -> QueryModel:

@@ -27,6 +27,19 @@ SHARED_CORPUS = REPO.parent / "shared" / "corpus" / "py-pdf-sample-files"
 ENCRYPTED_PDF = "005-libreoffice-writer-password_libreoffice-writer-password.pdf"
 
 
+# Under pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``) session fixtures exist once per
+# worker. Tests that share an expensive one go to the same worker, so each is set up once per run.
+XDIST_GROUPS = {"ray_cluster": "ray", "sample_index": "sample_index"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, group in XDIST_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session")
 def shared_corpus() -> Path:
     if not SHARED_CORPUS.is_dir():

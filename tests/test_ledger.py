@@ -6,6 +6,8 @@ sink does, so every outcome (complete, half-written, repeated, failed) can be se
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def page_rows(file: io.SourceFile, pages: range, page_count: int) -> list[dict]:
     rng = np.random.default_rng(len(file.uri))
     rows = []
     for number in pages:
-        vectors = rng.normal(size=(3, schema.EMBEDDING_DIM)).astype(np.float16)
+        vectors = rng.normal(size=(3, 128)).astype(np.float16)
         rows.append(
             {
                 "page_id": ids.page_id(doc_id, number),
@@ -198,3 +200,72 @@ def test_interrupted_runs_are_committed_by_recovery(setup):
     assert summary["by_status"] == {"indexed": 1} and book.pending_runs() == []
     assert len(visible_pages(location)) == 2
     assert book.plan([done], "next").process == []
+
+
+def test_state_reads_only_new_ledger_parts_and_starts_over_when_the_ledger_is_cleared(setup, monkeypatch):
+    src, location, book = setup
+    first_doc = write_source(src, "a.pdf", b"%PDF a")
+    second_doc = write_source(src, "b.pdf", b"%PDF b")
+    book.plan([first_doc], "run1")
+    write(location, page_rows(first_doc, range(1, 3), 2), "run1")
+    book.commit("run1")
+    book.commit("run1")  # committing twice appends the same rows again: still one row per source
+    first = book.state()
+    assert book.state() is first and list(first) == [first_doc.uri]
+
+    # Another process commits a run; this ledger reads only the part it added, and callers holding the
+    # earlier state keep it unchanged.
+    other = ledger.Ledger(index.IndexLocation(location.location))
+    other.plan([first_doc, second_doc], "run2")
+    write(location, page_rows(second_doc, range(1, 2), 1), "run2")
+    other.commit("run2")
+    reads = []
+    original = location.read_part
+    monkeypatch.setattr(location, "read_part", lambda path, *a, **k: reads.append(path) or original(path, *a, **k))
+    second = book.state()
+    assert [ledger_part.rsplit("/", 2)[-2] for ledger_part in reads] == ["sources"] and len(reads) == 1
+    assert list(first) == [first_doc.uri] and set(second) == {first_doc.uri, second_doc.uri}
+    assert second[second_doc.uri]["commit_run"] == "run2" and second == other.state()
+    monkeypatch.undo()
+
+    # Shipped to a Ray worker (inside the part writer's location), the ledger leaves its cache behind.
+    clone = pickle.loads(pickle.dumps(book))
+    assert clone._latest == {} and clone._parts == [] and clone.state() == second
+    location.clear_tables()  # overwrite mode
+    assert book.state() == {}
+
+
+def test_snapshot_merges_ledger_parts_without_changing_what_readers_see(setup, monkeypatch):
+    src, location, book = setup
+    docs = [write_source(src, f"d{i}.pdf", f"%PDF {i}".encode()) for i in range(4)]
+    for number, doc in enumerate(docs):  # one run (one ledger part) per document, then one changing d0
+        run_id = f"run{number}"
+        book.plan(docs[: number + 1], run_id)
+        write(location, page_rows(doc, range(1, 3), 2), run_id)
+        book.commit(run_id)
+    changed = write_source(src, "d0.pdf", b"%PDF 0 changed")
+    book.plan([changed, *docs[1:]], "run4")
+    write(location, page_rows(changed, range(1, 4), 3), "run4")
+    book.commit("run4")
+    before_state, before_pages = book.state(), visible_pages(location)
+    assert len(location.part_files(ledger.SOURCES_DIR)) == 5 and book.snapshot_due(max_parts=4)
+
+    # Killed between writing the snapshot and deleting what it replaces: rows twice, same state.
+    def killed(name: str) -> None:
+        if name == "snapshot_between_write_and_delete":
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(ledger.failpoints, "hit", killed)
+    with pytest.raises(SystemExit):
+        book.snapshot("run5")
+    monkeypatch.undo()
+    fresh = ledger.Ledger(index.IndexLocation(location.location))
+    assert len(location.part_files(ledger.SOURCES_DIR)) == 6 and fresh.state() == before_state
+
+    counts = fresh.snapshot("run6")
+    assert counts == {"ledger_parts_merged": 6, "ledger_sources": 4}
+    assert len(location.part_files(ledger.SOURCES_DIR)) == 1 and not fresh.snapshot_due(max_parts=4)
+    assert ledger.Ledger(index.IndexLocation(location.location)).state() == before_state == fresh.state()
+    assert visible_pages(index.IndexLocation(location.location)) == before_pages
+    # A reader whose cache predates the snapshot finds its parts gone and reads the snapshot instead.
+    assert book.state() == before_state

@@ -108,7 +108,8 @@ def test_ids_and_vectors_are_stable_across_runs_and_backends(ray_index, sample_c
     second = index.IndexLocation(str(tmp_path)).read_pages().sort_by("page_id")
     assert first.column("page_id").to_pylist() == second.column("page_id").to_pylist()
     for a, b in zip(first.column("embedding").to_pylist(), second.column("embedding").to_pylist(), strict=True):
-        va, vb = schema.decode_embedding(a), schema.decode_embedding(b)
+        dim = schema.table_dim(first)
+        va, vb = schema.decode_embedding(a, dim), schema.decode_embedding(b, dim)
         assert va.shape == vb.shape and cosines(va, vb).min() >= 0.999
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from pipelines import schema
 from pipelines.errors import ConfigError
+from pipelines.muvera import MuveraSettings, mean_vector
 from pipelines.search import LocalIndex, QueryModel, Searcher
 from pipelines.stages.compress import binarize
 
@@ -245,8 +246,6 @@ def test_searcher_ranks_like_the_local_index_and_returns_page_fields(corpus):
 
 def test_searcher_refuses_unknown_profiles_and_a_missing_backend(corpus):
     _, index, _ = corpus
-    with pytest.raises(ConfigError, match="hybrid needs Vespa"):
-        Searcher(QueryModel("tiny"), local=index, profile="hybrid")
     searcher = Searcher(QueryModel("tiny"), local=index)
     with pytest.raises(ConfigError, match="profile must be one of"):
         searcher.search_vectors([np.zeros((1, 128), np.float32)], profile="bm25")
@@ -254,3 +253,154 @@ def test_searcher_refuses_unknown_profiles_and_a_missing_backend(corpus):
         Searcher(QueryModel("tiny"))
     with pytest.raises(ConfigError, match="retrieval must be one of"):
         Searcher(QueryModel("tiny"), local=index, retrieval="hnsw")
+    with pytest.raises(ConfigError, match="rrf is local only"):
+        Searcher(QueryModel("tiny"), endpoint=object(), fusion="rrf")
+    with pytest.raises(ValueError, match="page_embedding column"):
+        index.search(np.zeros((1, 128), np.float32), profile="page_vector")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One vector per page (muvera, page_vector, similar pages) and the local hybrid
+# ---------------------------------------------------------------------------------------------------------------------
+
+SMALL_MUVERA = MuveraSettings(repetitions=4, simhash_bits=3, projection_dim=None)
+
+
+def single_vector_index(pages, texts=None, titles=None):
+    """A LocalIndex whose pages also carry page_embedding and muvera_embedding (as the pool stage writes them) and,
+    optionally, titles and texts."""
+    rows = []
+    encoder = SMALL_MUVERA.encoder(128)
+    for i, p in enumerate(pages):
+        stored = p.astype("<f2").astype(np.float32)
+        rows.append(
+            {
+                "page_id": f"doc{i}-p1",
+                "source_uri": f"file:///doc{i}.pdf",
+                "n_vectors": len(p),
+                "embedding": p.astype("<f2").tobytes(),
+                "binary": binarize(p).tobytes(),
+                "page_embedding": mean_vector(stored).astype("<f2").tobytes(),
+                "muvera_embedding": encoder.document(stored).astype("<f2").tobytes(),
+                "title": (titles or {}).get(i),
+                "text": (texts or {}).get(i),
+            }
+        )
+    return LocalIndex(schema.rows_to_table(rows).select(schema.INDEX_PAGE_COLUMNS), muvera=SMALL_MUVERA)
+
+
+@pytest.fixture(scope="module")
+def topics():
+    """30 pages of vectors around 6 shared topics (pages overlap but differ) and a query drawn from page 7."""
+    rng = np.random.default_rng(21)
+    centres = unit(rng, 6)
+    pages = []
+    for _ in range(30):
+        n = int(rng.integers(10, 40))
+        v = centres[rng.integers(0, 6, n)] + 0.6 * rng.standard_normal((n, 128)) / np.sqrt(128)
+        pages.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32))
+    query = pages[7][:6] + 0.3 * rng.standard_normal((6, 128)) / np.sqrt(128)
+    return pages, query.astype(np.float32)
+
+
+@pytest.mark.parametrize("profile", ["muvera", "page_vector"])
+@pytest.mark.parametrize(("page_target_hits", "rerank_count"), [(8, 5), (30, 30)])
+def test_one_vector_profiles_retrieve_by_their_vector_then_rerank_by_exact_maxsim(
+    topics, profile, page_target_hits, rerank_count
+):
+    pages, query = topics
+    index = single_vector_index(pages)
+    stored = [p.astype("<f2").astype(np.float32) for p in pages]
+    if profile == "muvera":
+        encoder = SMALL_MUVERA.encoder(128)
+        documents = np.stack([encoder.document(p).astype("<f2").astype(np.float64) for p in stored])
+        first = documents @ encoder.query(query).astype(np.float64)
+    else:
+        documents = np.stack([mean_vector(p).astype("<f2").astype(np.float64) for p in stored])
+        first = documents @ mean_vector(query).astype(np.float64)
+    np.testing.assert_allclose(index.single_vector_scores(query, profile), first, rtol=1e-5)
+    retrieved = sorted(range(len(pages)), key=lambda i: (-first[i], i))[:page_target_hits]
+    reranked = sorted(retrieved, key=lambda i: (-first[i], i))[:rerank_count]
+    exact = {i: reference_float_maxsim(query, pages[i]) for i in reranked}
+    expected = sorted(exact, key=lambda i: -exact[i])[:5]
+    options = {"retrieval": "nearest_neighbor", "page_target_hits": page_target_hits}
+    hits = index.search(query, 5, profile, rerank_count, **options)
+    assert [h.page_index for h in hits] == expected
+    np.testing.assert_allclose([h.score for h in hits], [exact[i] for i in expected], rtol=1e-5)
+    assert hits[0].page_index == 7
+
+
+def test_similar_pages_rank_other_pages_by_page_vector_cosine(topics):
+    pages, _ = topics
+    index = single_vector_index(pages)
+    vectors = np.stack([mean_vector(p.astype("<f2").astype(np.float32)).astype("<f2") for p in pages]).astype(float)
+    cosine = vectors @ vectors[3]
+    expected = [i for i in np.argsort(-cosine, kind="stable") if i != 3][:4]
+    hits = index.similar_pages(3, top_k=4)
+    assert [h.page_index for h in hits] == expected
+    np.testing.assert_allclose([h.score for h in hits], cosine[expected], rtol=1e-5)
+    searcher = Searcher(QueryModel("tiny"), local=index, top_k=4)
+    assert [h.page_id for h in searcher.similar_pages("doc3-p1")] == [f"doc{i}-p1" for i in expected]
+
+
+def test_local_hybrid_retrieves_text_matches_and_adds_bm25_with_vespas_weight(topics):
+    from pipelines.text_search import HYBRID_BM25_WEIGHT, TextIndex, reciprocal_rank_fusion
+
+    pages, query = topics
+    texts = {i: f"page {i} about topic {i % 6}" for i in range(30)} | {21: "quarterly revenue by region"}
+    index = single_vector_index(pages, texts=texts, titles={21: "Revenue"})
+    words = "revenue by region"
+    nearest = set(index.nearest_neighbor_candidates(query, target_hits=1).tolist())
+    assert 21 not in nearest, "the text match must come from the text side of the retrieval"
+    options = {"retrieval": "nearest_neighbor", "target_hits": 1}
+    hits = index.search(query, 30, "hybrid", 30, text=words, **options)
+    retrieved = sorted(nearest | {21})
+    bm25 = TextIndex([None] * 21 + ["Revenue"] + [None] * 8, [texts[i] for i in range(30)]).scores(words)
+    fused = {i: reference_float_maxsim(query, pages[i]) + HYBRID_BM25_WEIGHT * bm25[i] for i in retrieved}
+    assert [h.page_index for h in hits] == sorted(fused, key=lambda i: -fused[i])
+    np.testing.assert_allclose([h.score for h in hits], [fused[h.page_index] for h in hits], rtol=1e-5)
+    assert hits[0].page_index == 21  # the only page with the words: BM25 outweighs the MaxSim differences
+    # Without words hybrid is two_phase; rrf fuses the two rankings by rank instead.
+    plain = index.search(query, 5, "hybrid", 30, **options)
+    assert [(h.page_index, h.score) for h in plain] == [
+        (h.page_index, h.score) for h in index.search(query, 5, "two_phase", 30, **options)
+    ]
+    rrf = index.search(query, 30, "hybrid", 30, text=words, fusion="rrf", **options)
+    exact = np.array([reference_float_maxsim(query, pages[i]) for i in retrieved])
+    expected = reciprocal_rank_fusion(exact, bm25[retrieved])
+    assert [h.page_index for h in rrf] == [retrieved[i] for i in np.lexsort((retrieved, -expected))]
+    searcher = Searcher(QueryModel("tiny"), local=index, profile="hybrid", top_k=1, encoder=FakeEncoder(pages))
+    assert searcher.search_vectors([query], texts=[words])[0][0].page_id == "doc21-p1"
+
+
+def test_the_pipelines_index_answers_every_profile_with_the_page_itself(sample_index):
+    from pipelines.index import IndexLocation
+
+    pages = IndexLocation(str(sample_index[0])).read_pages()
+    index = LocalIndex(pages)
+    assert index.page_vectors.shape == (len(index), index.dim)
+    assert index.muvera_vectors.shape == (len(index), MuveraSettings().dim(index.dim))
+    rerank = pages.column("rerank_embedding").to_pylist()
+    # MUVERA's dot product is not MaxSim: on the test model's near-parallel vectors a page's own encoding is often not
+    # its nearest (see reports/benchmarks.md), so its candidates here are every page and the exact rerank decides.
+    candidates = {"muvera": len(index), "page_vector": 3, "hybrid": 5, "two_phase": 5}
+    for i in range(0, len(index), 3):
+        own = schema.decode_embedding(rerank[i], index.dim).astype(np.float32)
+        for profile, hits in candidates.items():
+            options = {"retrieval": "nearest_neighbor", "target_hits": hits, "page_target_hits": hits}
+            found = index.search(own, 1, profile, 20, text="zzzqqq", **options)
+            assert found[0].page_index == i, (profile, i)
+
+
+def test_search_job_lists_the_pages_like_a_page(sample_index):
+    from jobs.search import run_search
+    from pipelines.index import IndexLocation
+    from tests.helpers import compose_config
+
+    pages = IndexLocation(str(sample_index[0])).read_pages()
+    page_ids = pages.column("page_id").to_pylist()
+    expected = [page_ids[h.page_index] for h in LocalIndex(pages).similar_pages(4, top_k=3)]
+    rows = run_search(compose_config("search", [f"index={sample_index[0]}", f"similar_to={page_ids[4]}", "top_k=3"]))
+    assert [r["page_id"] for r in rows] == expected and {r["query"] for r in rows} == {f"like {page_ids[4]}"}
+    with pytest.raises(ConfigError, match="no page 'nope'"):
+        run_search(compose_config("search", [f"index={sample_index[0]}", "similar_to=nope"]))

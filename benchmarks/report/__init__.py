@@ -22,7 +22,7 @@ from benchmarks.report.vectors import _fidelity, _index_size
 
 __all__ = ["BENCHMARKS", "SECTIONS", "TITLES", "load_results", "main", "pipeline_ratios", "render"]
 
-BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "feed", "pooling", "pipeline")
+BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "feed", "pooling", "pipeline", "scale")
 TITLES = {
     "rasterize": "1. Rasterization",
     "index_size": "2. Index size",
@@ -31,6 +31,7 @@ TITLES = {
     "feed": "5. Vespa feed serialization",
     "pooling": "6. Token pooling cost",
     "pipeline": "7. Whole pipeline",
+    "scale": "8. The driver at scale (synthetic listing and ledger)",
 }
 
 
@@ -124,6 +125,12 @@ def _summary(results: dict) -> str:
     return "## Required figures (MUST SHOW)\n\n" + _table(["benchmark", "claim", "measured", "required", "met"], rows)
 
 
+def _scale(result: dict, figures: Path) -> str:
+    from benchmarks.scale import report_section  # the section lives with its benchmark
+
+    return report_section(result, figures)
+
+
 SECTIONS = {
     "rasterize": _rasterize,
     "index_size": _index_size,
@@ -132,6 +139,7 @@ SECTIONS = {
     "feed": _feed,
     "pooling": _pooling,
     "pipeline": _pipeline,
+    "scale": _scale,
 }
 
 

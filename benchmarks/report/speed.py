@@ -12,7 +12,8 @@ from benchmarks.report.common import BASE, OTHER, OURS, WARN, _kib, _mib, _num, 
 def _search(result: dict, figures: Path) -> str:
     runs, params = result["results"]["runs"], result["params"]
     text = [
-        f"Synthetic index of real shape: {params['vector_shape']}; queries of {params['query_tokens']} tokens × 128 "
+        f"Synthetic index of real shape: {params['vector_shape']}; queries of {params['query_tokens']} tokens × "
+        f"{params.get('dim', 128)} "
         f"({params['data']}). `two_phase` uses rerank_count {params['rerank_count']}; top-{params['top_k']}. The "
         "baseline is colpali-engine's `BaseVisualRetrieverProcessor.score_multi_vector` on the same float vectors "
         f"(as float32 tensors, {params['smv_chunk_pages']:,} pages per call to bound memory), once with all queries "

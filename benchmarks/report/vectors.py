@@ -35,7 +35,8 @@ def _index_size(result: dict, figures: Path) -> str:
             raw, measured = p[f"{column}_raw_bytes_per_page"], p[f"{column}_bytes_per_page"]
             parquet_rows.append([p["vectors_per_page"], column, _kib(raw), _kib(measured), f"{measured / raw:.3f}×"])
     text = [
-        "Bytes per page = vectors × 256 B (float16, also Vespa's bfloat16) or × 16 B (packed sign bits); pooling "
+        "Bytes per page = vectors × 2·dim B (float16, also Vespa's bfloat16; 256 B at 128-d) or × dim/8 B "
+        "(packed sign bits; 16 B at 128-d), dim being each model's vector width; pooling "
         "leaves `n // factor` vectors (colpali-engine's cluster count). Ratios are to the unpooled float16 page.",
         "",
         _table(header, rows),
@@ -57,10 +58,20 @@ def _index_size(result: dict, figures: Path) -> str:
             "the HNSW figure is an estimate: 64 level-0 links of 4 bytes per candidate vector):",
             "",
             _table(
-                ["model", "page", "memory: binary", "memory: HNSW (est.)", "disk: re-ranking bfloat16", "index (raw)"],
+                [
+                    "model",
+                    "page",
+                    "memory: binary",
+                    "memory: HNSW (est.)",
+                    "memory: page vector",
+                    "memory: MUVERA",
+                    "disk: re-ranking bfloat16",
+                    "index (raw)",
+                ],
                 [
                     [m["model"], m["page"]]
                     + [_kib(m["deployed"][key]) for key in ("memory_binary", "memory_hnsw_estimate")]
+                    + [_kib(m["deployed"].get(key)) for key in ("memory_page_vector", "memory_muvera")]
                     + [_kib(m["deployed"][key]) for key in ("disk_rerank_bfloat16", "index_raw")]
                     for m in deployed
                 ],
@@ -104,7 +115,10 @@ def _fidelity(result: dict, figures: Path) -> str:
         "`two_phase_unpacked` = the former default (float query × unpacked bits, rerank 100); `binary` = first phase "
         "only; `float` = exact MaxSim over the pooled float vectors (pooling's own loss). Memory bytes per page: "
         "packed bits, plus an HNSW estimate (64 level-0 links of 4 bytes per vector); disk: the paged bfloat16 "
-        f"re-ranking vectors. Latency: LocalIndex.search per query on this set, this machine. Default: `{default}`.",
+        f"re-ranking vectors. Latency: LocalIndex.search per query on this set, this machine. Default: `{default}`. "
+        "One vector per page (pool –): `muvera <dim>` (MUVERA encodings) and `page_vector` (mean vectors) retrieve "
+        "`target_hits` pages by their single-vector score and re-rank all of them by exact MaxSim over the unpooled "
+        "vectors; their memory is the bfloat16 vector plus one vector's HNSW links.",
         "",
     ]
     for name, data in sets.items():
@@ -125,9 +139,15 @@ def _fidelity(result: dict, figures: Path) -> str:
         rows = []
         for r in data["rows"]:
             costs = r.get("bytes_per_page") or {}
-            memory = costs.get("memory_binary", 0) + costs.get("memory_hnsw_estimate", 0)
+            memory = sum(value for key, value in costs.items() if key.startswith("memory_"))
             seconds = r.get("seconds_per_query")
-            cells = [r["pool_factor"], r["profile"], r.get("retrieval", "all"), r.get("target_hits") or "–"]
+            pool = "–" if r["pool_factor"] is None else r["pool_factor"]
+            cells = [
+                pool,
+                r.get("single_vector") or r["profile"],
+                r.get("retrieval", "all"),
+                r.get("target_hits") or "–",
+            ]
             cells += [r.get("rerank_count") or "–", _num(r.get("reranked_pages_mean"), 0)]
             cells += [_num(1000 * seconds, 1) if seconds is not None else "–"]
             cells += [_num(memory, 0) if costs else "–", _num(costs.get("disk_float"), 0) if costs else "–"]
@@ -147,6 +167,28 @@ def _fidelity(result: dict, figures: Path) -> str:
                     [_depth_cells(d) for d in needed],
                 )
             )
+        pairs = data.get("side_by_side") or []
+        if pairs:
+            names = sorted({key for pair in pairs for key in pair if key.startswith(("muvera", "page_vector"))})
+            text.append(
+                "\nPer-token nearest neighbours and one vector per page at equal candidate counts (every candidate "
+                "re-ranked by exact MaxSim): recall@10 / ms per query / memory B per page.\n"
+            )
+            header = ["pool", "target_hits", "candidates", "per-token", *names]
+            rows = []
+            for pair in pairs:
+                cells = [pair["pool_factor"], pair["target_hits"], pair["candidates"]]
+                for column in ("per_token", *names):
+                    entry = pair.get(column)
+                    seconds = entry and entry.get("seconds_per_query")
+                    cells.append(
+                        "–"
+                        if not entry
+                        else f"{entry['recall']:.3f} / {_num(1000 * seconds, 0) if seconds else '–'} ms / "
+                        f"{_num(entry['memory_bytes_per_page'], 0)} B"
+                    )
+                rows.append(cells)
+            text.append(_table(header, rows))
         fig, ax = plt.subplots(figsize=(7.5, 3.2))
         settings = sorted(
             {(r["pool_factor"], r.get("target_hits") or 0) for r in data["rows"] if r["profile"] == "two_phase"}
@@ -168,9 +210,60 @@ def _fidelity(result: dict, figures: Path) -> str:
         ax.set_title(f"{name}: two_phase (float rerank over unpooled vectors)", fontsize=9)
         ax.legend(fontsize=6, ncol=2)
         text.append(_save(fig, figures, f"fidelity_{name}"))
+    if result["results"].get("growth"):
+        text.append(_growth(result["results"]["growth"], k))
+    return "\n".join(text)
+
+
+def _growth(growth: list[dict], k: int) -> str:
+    """The depth-growth study (benchmarks.fidelity.depth_growth): depth needed, recall and latency per corpus size."""
+    names = list(growth[0]["depth_needed"])
+    sizes = ", ".join(f"{g['pages']:,}" for g in growth)
+    text = [
+        f"\n**Growth** — synthetic set at {sizes} pages "
+        f"({growth[0]['queries']} queries; pool-{growth[0]['pool_factor']} candidates, MUVERA "
+        f"{growth[0]['muvera_dim']} values). First-phase depth needed to cover the exact top-{k} (p50 / p90 / p99; "
+        "inf: never retrieved):\n",
+        _table(
+            ["retrieval", *[f"{g['pages']:,} pages" for g in growth]],
+            [
+                [name]
+                + [
+                    " / ".join(_num(g["depth_needed"][name][f"p{p}"], 0) for p in (50, 90, 99))
+                    + f" (of {_num(g['depth_needed'][name]['retrieved_pages_mean'], 0)})"
+                    for g in growth
+                ]
+                for name in names
+            ],
+        ),
+        f"\nrecall@{k} / ms per query (LocalIndex.search) per setting; exact MaxSim over every page: "
+        + ", ".join(f"{_num(1000 * g['exact_seconds_per_query'], 0)} ms at {g['pages']:,}" for g in growth)
+        + ":\n",
+    ]
+    keys = [(r["profile"], r["retrieval"], r["target_hits"], r["rerank_count"]) for r in growth[-1]["settings"]]
+    rows = []
+    for key in keys:
+        cells = [key[0], key[1], key[2] or "–", key[3]]
+        for g in growth:
+            match = [
+                r for r in g["settings"] if (r["profile"], r["retrieval"], r["target_hits"], r["rerank_count"]) == key
+            ]
+            cells.append(
+                f"{match[0]['recall']:.3f} / {_num(1000 * match[0]['seconds_per_query'], 0)} ms" if match else "–"
+            )
+        rows.append(cells)
+    text.append(_table(["profile", "retrieval", "target_hits", "rerank", *[f"{g['pages']:,}" for g in growth]], rows))
+    costs = growth[-1]["bytes_per_page"]
+    text.append(
+        "Bytes per page in memory: per-token pool-3 binary + HNSW "
+        f"{_num(costs['per_token_memory'], 0)}, MUVERA {_num(costs['muvera_memory'], 0)}, page vector "
+        f"{_num(costs['page_vector_memory'], 0)}; on disk (unpooled bfloat16 re-ranking vectors) "
+        f"{_num(costs['rerank_disk'], 0)}.\n"
+    )
     return "\n".join(text)
 
 
 def _depth_cells(d: dict) -> list:
-    cells = [d["pool_factor"], d["retrieval"], d["target_hits"] or "–", _num(d["retrieved_pages_mean"], 0)]
+    pool = "–" if d["pool_factor"] is None else d["pool_factor"]
+    cells = [pool, d["retrieval"], d["target_hits"] or "–", _num(d["retrieved_pages_mean"], 0)]
     return [*cells, f"{d['covered_share']:.3f}", *(_num(d[f"depth_p{p}"], 0) for p in (50, 90, 99))]

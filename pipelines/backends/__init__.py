@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
@@ -39,8 +40,23 @@ PASSED_ENV = (
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for Ray workers: the repository importable, and :data:`PASSED_ENV` as set here."""
+    """Environment for Ray workers: the repository importable, and :data:`PASSED_ENV` as set here.
+
+    In a job submitted with ``ray job submit``, variables the job's own runtime env sets are left out:
+    they reach every worker already, and Ray refuses a driver runtime env that names them again.
+    """
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     env.update({key: os.environ[key] for key in PASSED_ENV if key in os.environ})
-    return env
+    return {key: value for key, value in env.items() if key not in _submitted_job_env()}
+
+
+def _submitted_job_env() -> set[str]:
+    """Names of the env vars set by the runtime env of the submitted Ray job this driver runs in (if any)."""
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the entrypoint
+    if not injected:
+        return set()
+    try:
+        return set((json.loads(injected).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()

@@ -5,6 +5,7 @@ Used as the single-process baseline in benchmarks, for small inputs, and for qui
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from pipelines import schema
-from pipelines.backends.base import STAGE_SECONDS, BlockWriter, StagePlan
+from pipelines.backends.base import STAGE_SECONDS, BlockWriter, ProgressSink, StagePlan
 
 
 @dataclass
@@ -25,6 +26,10 @@ class LocalBackend:
 
     def start(self, plan: StagePlan) -> None:
         """Nothing to connect to; every plan fits in one process."""
+
+    def progress_relay(self, receive: ProgressSink) -> contextlib.AbstractContextManager[ProgressSink]:
+        """The writer runs in this process: deltas go straight to ``receive``."""
+        return contextlib.nullcontext(receive)
 
     def execute(self, sources: pa.Table, plan: StagePlan, writer: BlockWriter) -> dict:
         """Returns summed writer counts plus :data:`STAGE_SECONDS`: wall seconds spent in each stage's

@@ -8,9 +8,11 @@ stateless ones as tasks (Ray fuses consecutive task stages). Blocks stream into 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +22,26 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Datasink, TaskPoolStrategy
 from ray.data.datasource.datasink import WriteResult
+from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipelines.backends.base import STAGE_SECONDS, BlockWriter, RayConfig, StagePlan
+from pipelines.backends.base import (
+    STAGE_SECONDS,
+    BlockWriter,
+    ProgressSink,
+    RayConfig,
+    StagePlan,
+    StageResources,
+)
 from pipelines.errors import ConfigError
 from pipelines.stages.base import Stage
 
 logger = logging.getLogger(__name__)
+
+#: Environment variable naming the stage an actor runs (see :func:`_map_stage`).
+STAGE_ENV = "PIPELINES_STAGE"
+#: Key of the per-operator utilization a Ray run adds to its totals (see :func:`operator_utilization`).
+OPERATORS = "ray_operators"
 
 
 class _StageActor:
@@ -65,6 +81,17 @@ class IndexDatasink(Datasink[dict]):
 
 
 @dataclass
+class _QueueSink:
+    """Sends progress deltas from a write task to the driver's queue actor (waits for the put, so a
+    finished task's deltas are on the queue before the driver's last drain)."""
+
+    queue: Queue
+
+    def __call__(self, delta: dict) -> None:
+        self.queue.put(delta, timeout=30)
+
+
+@dataclass
 class RayDataBackend:
     """Runs a stage plan as a Ray Data pipeline on a local instance or a cluster (``config.address``)."""
 
@@ -79,24 +106,63 @@ class RayDataBackend:
         init_ray(self.config.address, self.config.num_cpus, self.config.object_store_memory, self.env_vars)
         check_resources_fit(plan)
 
+    @contextlib.contextmanager
+    def progress_relay(self, receive: ProgressSink) -> Iterator[ProgressSink]:
+        """Write tasks put their deltas on a queue actor on the driver's node (no CPU requested); a
+        thread here drains it into ``receive`` every second, and once more when the context exits."""
+        node = ray.get_runtime_context().get_node_id()
+        # Hard affinity: the driver's node lives as long as the run, another node may not (a soft affinity
+        # placed this zero-CPU actor on other nodes 3 times in 4 with Ray 2.60).
+        placement = NodeAffinitySchedulingStrategy(node, soft=False)
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": placement})
+        stop = threading.Event()
+
+        def drain() -> None:
+            try:
+                pending = queue.qsize()
+                for delta in queue.get_nowait_batch(pending) if pending else ():
+                    receive(delta)
+            except Exception as exc:  # progress is informational; the run goes on without it
+                logger.debug("progress relay: %s: %s", type(exc).__name__, exc)
+
+        def pump() -> None:
+            while not stop.wait(1.0):
+                drain()
+
+        thread = threading.Thread(target=pump, name="progress-relay", daemon=True)
+        thread.start()
+        try:
+            yield _QueueSink(queue)
+        finally:
+            stop.set()
+            thread.join()
+            drain()
+            queue.shutdown(force=True)
+
     def execute(self, sources: pa.Table, plan: StagePlan, writer: BlockWriter) -> dict:
         """Run ``plan`` over ``sources`` on the connected Ray cluster; returns the sink's summed counts.
 
         The result also has :data:`~pipelines.backends.base.STAGE_SECONDS` (per-stage seconds, see
-        :func:`_stage_seconds`) when Ray Data's stats can be matched to the stages.
+        :func:`_stage_seconds`) and :data:`OPERATORS` (per-operator utilization, see
+        :func:`operator_utilization`) when Ray Data's stats can be matched to the stages.
         """
         dataset = self._dataset(sources, plan)
         sink = IndexDatasink(writer)
-        # The write runs as tasks after the last stage; with the same CPU request Ray fuses it into that
+        # The write runs as tasks after the last stage; with the same request Ray fuses it into that
         # stage (and it must fit beside the actor pools, like any task stage).
-        last = plan.resources_of(plan.stages[-1]).num_cpus if plan.stages else 1.0
-        dataset.write_datasink(sink, ray_remote_args={"num_cpus": last})
+        last = plan.resources_of(plan.stages[-1]) if plan.stages else StageResources(num_cpus=1.0)
+        write_args = {"num_cpus": last.num_cpus, **({"resources": dict(last.resources)} if last.resources else {})}
+        dataset.write_datasink(sink, ray_remote_args=write_args)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("ray data execution stats:\n%s", dataset.stats())
         stage_seconds = _stage_seconds(dataset, plan.stages)
-        if stage_seconds is None:
-            return sink.totals
-        return {**sink.totals, STAGE_SECONDS: stage_seconds}
+        totals = dict(sink.totals)
+        operators = operator_utilization(dataset, plan)
+        if operators is not None:
+            totals[OPERATORS] = operators
+        if stage_seconds is not None:
+            totals[STAGE_SECONDS] = stage_seconds
+        return totals
 
     def _dataset(self, sources: pa.Table, plan: StagePlan) -> ray.data.Dataset:
         """The lazy dataset: one block per source file (up to a cap), one ``map_batches`` per stage."""
@@ -119,37 +185,40 @@ class RayDataBackend:
 
 
 def _map_stage(dataset: ray.data.Dataset, stage: Stage, plan: StagePlan) -> ray.data.Dataset:
-    """``dataset`` followed by ``stage``: on an actor pool when the stage is stateful, else as tasks."""
+    """``dataset`` followed by ``stage``: on an actor pool when the stage is stateful, else as tasks.
+
+    Resources go through ``map_batches``' named parameters and the pool size through ``compute``
+    (``ActorPoolStrategy``/``TaskPoolStrategy``), the current Ray Data forms.
+    """
     res = plan.resources_of(stage)
-    remote_args: dict = {"num_cpus": res.num_cpus}
-    if res.num_gpus:
-        remote_args["num_gpus"] = res.num_gpus
-    if res.memory_bytes:
-        remote_args["memory"] = res.memory_bytes
+    env: dict[str, str] = {}
     if res.threads is not None:
         threads = str(res.threads or os.cpu_count() or 1)
-        remote_args["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if stage.stateful:
-        # max_restarts is Ray Data's actor default anyway; stating it also keeps Ray from fusing
-        # the upstream CPU stage into this actor (fusion needs identical remote args), which
-        # would run rasterization inside the model's actor pool one batch at a time.
-        remote_args["max_restarts"] = -1
+        # Naming the stage in its actors' environment also keeps Ray from fusing the upstream CPU stage into
+        # this actor pool (fusion needs identical remote args), which would run preprocessing inside the
+        # model's actor, one batch at a time.
+        env[STAGE_ENV] = stage.name
+    common = {
+        "batch_size": res.batch_size,
+        "batch_format": "pyarrow",
+        "udf_modifying_row_count": stage.changes_row_count,
+        "num_cpus": res.num_cpus,
+        "num_gpus": res.num_gpus or None,
+        "memory": res.memory_bytes or None,
+        "resources": dict(res.resources) or None,
+        "runtime_env": {"env_vars": env} if env else None,
+    }
+    if stage.stateful:
         return dataset.map_batches(
             _StageActor,
             fn_constructor_args=(stage,),
-            batch_size=res.batch_size,
-            batch_format="pyarrow",
             compute=ActorPoolStrategy(size=res.concurrency or 1),
-            udf_modifying_row_count=stage.changes_row_count,
-            **remote_args,
+            **common,
         )
     return dataset.map_batches(
-        stage,
-        batch_size=res.batch_size,
-        batch_format="pyarrow",
-        compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None,
-        udf_modifying_row_count=stage.changes_row_count,
-        **remote_args,
+        stage, compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None, **common
     )
 
 
@@ -188,6 +257,14 @@ def check_resources_fit(plan: StagePlan) -> None:
         msg = f"actor pools need {actor_gpus} GPUs but the cluster has {gpus}; lower ray.stages.*.num_gpus/concurrency"
         raise ConfigError(msg)
     for stage in plan.stages:
+        missing = {k: v for k, v in plan.resources_of(stage).resources.items() if total.get(k, 0.0) < v}
+        if missing:
+            msg = (
+                f"ray.stages.{stage.name}.resources asks for {missing}, which no node of the cluster offers; start "
+                f"nodes with them (ray start --resources, KubeRay rayStartParams.resources) or drop the request"
+            )
+            raise ConfigError(msg)
+    for stage in plan.stages:
         res = plan.resources_of(stage)
         if not stage.stateful and actor_cpus + res.num_cpus > cpus + 1e-9:
             msg = (
@@ -212,12 +289,7 @@ def _stage_seconds(dataset: ray.data.Dataset, stages: list[Stage]) -> dict[str, 
     except Exception as exc:  # a DeveloperAPI; its absence only costs the timings
         logger.debug("no Ray Data stats for stage timings: %s: %s", type(exc).__name__, exc)
         return None
-    chain = []
-    pending = [summary]
-    while pending:  # parents first: operators in execution order
-        node = pending.pop()
-        chain[:0] = node.operators_stats
-        pending.extend(node.parents)
+    chain = [op for node in _nodes(summary) for op in node.operators_stats]
     units: list[tuple[str, float]] = []
     for op in chain:
         names = op.operator_name.split("->")
@@ -242,3 +314,71 @@ def _stage_seconds(dataset: ray.data.Dataset, stages: list[Stage]) -> dict[str, 
     seconds = {stage.name: value for stage, value in zip(stages, maps, strict=True)}
     seconds["write"] = sum(writes)
     return {name: round(value, 4) for name, value in seconds.items()}
+
+
+def _nodes(summary) -> list:
+    """The nodes of a Ray Data stats summary in execution order (parents first); one node per operator."""
+    nodes: list = []
+    pending = [summary]
+    while pending:
+        node = pending.pop()
+        nodes[:0] = [node]
+        pending.extend(node.parents)
+    return nodes
+
+
+def operator_utilization(dataset: ray.data.Dataset, plan: StagePlan) -> list[dict] | None:
+    """How each Ray Data operator spent the run, from Ray Data's own per-operator metrics.
+
+    One entry per operator (fused stages share one), in execution order: ``operator``, ``stages`` (the plan's
+    stages it ran, ``"write"`` for the sink), ``kind`` (``actors`` or ``tasks``), ``workers`` (actor-pool size),
+    ``tasks`` (finished), ``busy_s`` (worker time running tasks, summed over workers), ``cpu_s`` (the CPU time
+    of that work: on a shared machine the busy share over the CPU share says how much it waited for a core),
+    ``submission_backpressure_s`` (wall time Ray Data held back new tasks for this operator because of
+    backpressure), ``output_backpressure_s`` (task time spent holding finished output nobody took), and
+    fractions of the execution's wall time ``wall_s``: ``busy`` (actors: of the pool's capacity, workers x
+    wall; tasks: busy_s / wall, the average number of tasks running), ``backpressured`` (submission
+    backpressure / wall) and, for actor pools, ``idle`` (1 - busy - output backpressure share). None when
+    the stats cannot be matched to the plan's stages (another Ray Data version): informational only.
+    """
+    try:
+        nodes = [node for node in _nodes(dataset.get_stats_summary()) if node.operators_stats]
+        wall = max(float(getattr(node, "time_total_s", 0.0) or 0.0) for node in nodes)
+        stages = iter(plan.stages)
+        out = []
+        for node in nodes:
+            names = [name for op in node.operators_stats for name in op.operator_name.split("->")]
+            if all(not name.startswith(("MapBatches(", "Write")) for name in names):
+                continue  # the input (FromArrow): no work of ours
+            ran = [next(stages) if name.startswith("MapBatches(") else None for name in names]
+            ran_names = [stage.name if stage is not None else "write" for stage in ran]
+            actor = next((stage for stage in ran if stage is not None and stage.stateful), None)
+            metrics = getattr(node, "extra_metrics", None) or {}
+            busy = float(metrics.get("task_worker_completion_time_s") or 0.0)
+            cpu = sum(op.cpu_time.sum for op in node.operators_stats if getattr(op, "cpu_time", None))
+            submission = float(metrics.get("task_submission_backpressure_time") or 0.0)
+            output = float(metrics.get("task_output_backpressure_time_s") or 0.0)
+            entry = {
+                "operator": "->".join(names),
+                "stages": ran_names,
+                "kind": "actors" if actor is not None else "tasks",
+                "workers": (plan.resources_of(actor).concurrency or 1) if actor is not None else None,
+                "tasks": int(metrics.get("num_tasks_finished") or 0),
+                "busy_s": round(busy, 3),
+                "cpu_s": round(float(cpu), 3),
+                "submission_backpressure_s": round(submission, 3),
+                "output_backpressure_s": round(output, 3),
+                "wall_s": round(wall, 3),
+            }
+            capacity = wall * (entry["workers"] or 1)
+            entry["busy"] = round(busy / capacity, 4) if capacity else None
+            entry["backpressured"] = round(submission / wall, 4) if wall else None
+            if actor is not None and capacity:
+                entry["idle"] = round(max(0.0, 1.0 - (busy + output) / capacity), 4)
+            out.append(entry)
+        if next(stages, None) is not None:
+            return None
+        return out
+    except Exception as exc:  # a DeveloperAPI; its absence only costs the figures
+        logger.debug("no Ray Data operator metrics: %s: %s", type(exc).__name__, exc)
+        return None

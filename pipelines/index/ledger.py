@@ -43,12 +43,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import ids, io, schema
 from pipelines.errors import ConfigError
-from pipelines.index.storage import ERRORS_DIR, PAGES_DIR, PartStore
+from pipelines.index.storage import ERRORS_DIR, PAGES_DIR, PartStore, concat
 from pipelines.testing import failpoints
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ LEDGER_DIR = "ledger"
 SOURCES_DIR = "ledger/sources"
 RUNS_DIR = "ledger/runs"
 INDEX_META = "ledger/index.json"
+
+#: Ledger part files (one per commit) beyond which a run merges them into one snapshot (:meth:`Ledger.snapshot`).
+SNAPSHOT_PARTS = 16
 
 INDEXED, FAILED, REMOVED = "indexed", "failed", "removed"
 LIVE = (INDEXED, FAILED)
@@ -126,11 +130,22 @@ class Plan:
 
 
 class Ledger:
-    """The ledger of one index, kept in its part-file storage."""
+    """The ledger of one index, kept in its part-file storage.
+
+    :meth:`state` is cached: the first call reads every ledger part file, later calls only the parts
+    written since (they are append-only and their names sort in write order). The cache is per
+    instance and never pickled (a Ledger travels to Ray workers inside the part writer's location).
+    """
 
     def __init__(self, location: PartStore):
         self.location = location
         self.fs = location.fs
+        self._parts: list[str] = []  # the ledger part files folded into _latest, in name order
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._derived: dict[str, Any] = {}  # values computed from _latest (see derived())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_parts": [], "_latest": {}, "_derived": {}}
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -141,11 +156,33 @@ class Ledger:
         return self.location.read_parts(SOURCES_DIR, LEDGER_SCHEMA)
 
     def state(self) -> dict[str, dict[str, Any]]:
-        """The latest row of every source ever recorded, by URI."""
-        latest: dict[str, dict[str, Any]] = {}
-        for row in self.rows().to_pylist():  # parts and rows are in write order
-            latest[row["source_uri"]] = row
-        return latest
+        """The latest row of every source ever recorded, by URI. Read-only: the dict (and its rows) is
+        shared by every caller until the ledger changes, which gives a new dict."""
+        for attempt in range(3):
+            parts = self.location.part_files(SOURCES_DIR)
+            if parts[: len(self._parts)] != self._parts:  # not an append: cleared (overwrite) or snapshotted
+                self._parts, self._latest, self._derived = [], {}, {}
+            new = parts[len(self._parts) :]
+            try:
+                tables = [self.location.read_part(path, LEDGER_SCHEMA) for path in new]
+            except FileNotFoundError:  # merged into a snapshot by another run since listed: list again
+                if attempt == 2:
+                    raise
+                continue
+            if tables:
+                latest = dict(self._latest)  # copy on write: earlier callers keep the state they were given
+                for row in _latest_rows(pa.concat_tables(tables)).to_pylist():  # rows in write order
+                    latest[row["source_uri"]] = row
+                self._parts, self._latest, self._derived = parts, latest, {}
+            return self._latest
+        raise AssertionError("unreachable")
+
+    def derived(self, name: str, build: Callable[[dict[str, dict[str, Any]]], Any]) -> Any:
+        """``build(state)``, computed once per ledger state (e.g. the visibility rules readers apply)."""
+        state = self.state()
+        if name not in self._derived:
+            self._derived[name] = build(state)
+        return self._derived[name]
 
     def read_meta(self) -> dict[str, Any] | None:
         if not self.fs.exists(self.location.path(INDEX_META)):
@@ -154,14 +191,19 @@ class Ledger:
 
     # -- the run protocol ------------------------------------------------------------------------
 
-    def check_config(self, model: str, config_hash: str, settings: Mapping[str, Any]) -> None:
-        """Record the index's model and config hash, or refuse to mix in vectors of another config.
+    def check_config(
+        self, model: str, config_hash: str, settings: Mapping[str, Any], embedding_dim: int | None = None
+    ) -> None:
+        """Record the index's model, its vector width and config hash, or refuse to mix in vectors of another
+        config.
 
         Raises :class:`ConfigError` when the index was built with a different config hash.
         """
         meta = self.read_meta()
         if meta is None:
             record = {"model": model, "config_hash": config_hash, "settings": dict(settings)}
+            if embedding_dim is not None:
+                record["embedding_dim"] = int(embedding_dim)
             record["created_at"] = _now().isoformat()
             self.location.write_text(INDEX_META, json.dumps(record, indent=2, default=str))
             return
@@ -207,6 +249,32 @@ class Ledger:
                 runs.append(run_id)
                 tags.update(summary.get("compact_tags", [run_id]))
         return runs, tags
+
+    def snapshot_due(self, max_parts: int = SNAPSHOT_PARTS) -> bool:
+        """More than ``max_parts`` ledger part files: every first read of the state reads them all."""
+        return len(self.location.part_files(SOURCES_DIR)) > max_parts
+
+    def snapshot(self, run_id: str) -> dict[str, int]:
+        """Merge the ledger's part files into one holding the latest row of every source, tagged ``run_id``.
+
+        The snapshot is written as a new part (its name sorts after the parts it replaces), then those parts
+        are deleted. Readers see the same state at every moment: until the deletes its rows are the latest
+        anyway, and a reader that listed a part deleted meanwhile lists again (:meth:`state`). A crash in
+        between leaves rows twice, which the next snapshot merges. Returns counts for the run report.
+        """
+        replaced = self.location.part_files(SOURCES_DIR)
+        tables = [self.location.read_part(path, LEDGER_SCHEMA) for path in replaced]
+        latest = _latest_rows(concat(tables, LEDGER_SCHEMA, None))
+        path = self.location.write_part(SOURCES_DIR, latest, tag=run_id)
+        failpoints.hit("snapshot_between_write_and_delete")
+        for part in replaced:
+            self.fs.rm(part)
+        if replaced == self._parts:  # the cached state is what the snapshot holds: keep it
+            self._parts = [path]
+        else:
+            self._parts, self._latest, self._derived = [], {}, {}
+        logger.info("ledger snapshot: %d part files merged into %s (%d sources)", len(replaced), path, latest.num_rows)
+        return {"ledger_parts_merged": len(replaced), "ledger_sources": latest.num_rows}
 
     def mark_compacted(self, run_ids: Iterable[str], counts: Mapping[str, int]) -> None:
         for run_id in run_ids:
@@ -275,12 +343,12 @@ class Ledger:
                     claimed.add(doc_id)
                 plan.process.append(file)
         listed = {file.uri for file in files}
-        for uri, row in sorted(state.items()):
-            if row["status"] in LIVE and uri not in listed:
-                if sync and (sync_root is None or _under(uri, sync_root)):
-                    plan.removes.append(uri)
-                else:
-                    plan.missing.append(uri)
+        gone = sorted(uri for uri, row in state.items() if row["status"] in LIVE and uri not in listed)
+        for uri in gone:  # sorted once they are few, not the whole ledger (linear in the index size)
+            if sync and (sync_root is None or _under(uri, sync_root)):
+                plan.removes.append(uri)
+            else:
+                plan.missing.append(uri)
         self._write_plan(plan, digests)
         return plan
 
@@ -417,6 +485,15 @@ class Ledger:
         }
         self.location.write_text(posixpath.join(RUNS_DIR, run_id, "committed.json"), json.dumps(summary, indent=2))
         return summary
+
+
+def _latest_rows(table: pa.Table) -> pa.Table:
+    """The last row of each source URI in ``table`` (rows in write order), still in write order."""
+    if table.num_rows < 2:
+        return table
+    numbered = table.select(["source_uri"]).append_column("row", pa.array(np.arange(table.num_rows)))
+    last = numbered.group_by("source_uri", use_threads=False).aggregate([("row", "max")])
+    return table.take(np.sort(last.column("row_max").to_numpy()))
 
 
 PAGE_KEYS = ["source_uri", "doc_id", "page_number", "page_count"]

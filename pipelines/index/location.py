@@ -7,6 +7,7 @@ rules (:mod:`pipelines.index.view`) and compaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,8 +23,9 @@ from pipelines.index.storage import ERRORS_DIR, PAGES_DIR, TABLES, PartStore, co
 class IndexLocation(PartStore):
     """An index at a directory or fsspec URL: its part files, ledger, and the rows that are visible."""
 
-    @property
+    @functools.cached_property
     def ledger(self) -> Ledger:
+        """The index's ledger; one per location object, so its cached state serves every reader of it."""
         return Ledger(self)
 
     def clear_tables(self) -> None:
@@ -53,11 +55,22 @@ class IndexLocation(PartStore):
         return view.compact(self, self.ledger, tags)
 
 
+def embedding_dim(location: IndexLocation) -> int:
+    """The vector width of an index: as recorded when it was created (``ledger/index.json``), else (indexes
+    written before it was recorded) from its pages (:func:`pipelines.schema.table_dim`)."""
+    meta = location.ledger.read_meta()
+    if meta and meta.get("embedding_dim"):
+        return int(meta["embedding_dim"])
+    return schema.table_dim(location.read_pages(["embedding_dim", "n_vectors", "binary"]))
+
+
 def page_vectors(pages: pa.Table, page_id: str, column: str = "embedding") -> np.ndarray:
-    """Decoded vectors (float16 embedding or uint8 binary) of one page of a pages table."""
+    """Decoded vectors of one page of a pages table: float16 ``(n, dim)`` (``embedding``, ``rerank_embedding``)
+    or uint8 ``(n, dim / 8)`` (``binary``), ``dim`` the page's vector width."""
     match = pages.filter(pc.equal(pages.column("page_id"), page_id))
     if match.num_rows != 1:
         msg = f"expected exactly one page {page_id!r}, found {match.num_rows}"
         raise KeyError(msg)
-    buffer = match.column(column)[0].as_py()
-    return schema.decode_embedding(buffer) if column == "embedding" else schema.decode_binary(buffer)
+    row = match.to_pylist()[0]
+    dim = schema.row_dim(row)
+    return schema.decode_binary(row[column], dim) if column == "binary" else schema.decode_embedding(row[column], dim)

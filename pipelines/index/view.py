@@ -34,13 +34,18 @@ class Visibility:
 
 
 def visibility(ledger: Ledger) -> Visibility | None:
-    """The rules readers apply, or None when the index has no ledger (read everything)."""
+    """The rules readers apply, or None when the index has no ledger (read everything). Computed once per
+    ledger state (:meth:`Ledger.derived`): every read and the compaction of a run share them."""
     if not ledger.exists():
         return None
+    return ledger.derived("visibility", _rules)
+
+
+def _rules(state: dict[str, dict]) -> Visibility:
     doc_run: dict[str, str] = {}
     failed_source_run: dict[str, str] = {}
     live_uris: dict[str, set[str]] = {}
-    for uri, row in ledger.state().items():
+    for uri, row in state.items():
         if row["status"] not in LIVE:
             continue
         if row["doc_id"]:

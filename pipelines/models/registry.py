@@ -1,21 +1,25 @@
-"""Model registry: short names → how to load the model and what pixel budget it consumes.
+"""Model registry: short names → how to load the model, its pixel budget, processor settings and vector width.
 
-Every model, the random-weight ``tiny`` TEST model included, is loaded by the same code:
-``ModelClass.from_pretrained(name_or_path)`` and ``ProcessorClass.from_pretrained(name_or_path)``.
-A real checkpoint name resolves through the Hugging Face hub (or its cache); ``tiny`` resolves to a
-local directory that :mod:`pipelines.models.tiny` builds offline on first use.
+Every colpali-engine model, the random-weight TEST twins included, is loaded by the same code:
+``ModelClass.from_pretrained(name_or_path)`` and ``ProcessorClass.from_pretrained(name_or_path, **kwargs)``.
+A real checkpoint name resolves through the Hugging Face hub (or its cache); a twin (``tiny``,
+``tiny-colqwen3``, ...: one per architecture family) resolves to a local directory that
+:mod:`pipelines.models.twins` builds offline on first use. A checkpoint that ships its own modeling code
+(``loader="remote_code"``, jina-embeddings-v4) is loaded the way its card says, with ``trust_remote_code``
+(:mod:`pipelines.models.remote`), and fails offline with a message saying how to get its code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipelines.ids import affects_vectors
+from pipelines.models import twins
 
 
 @dataclass
@@ -34,19 +38,41 @@ class ModelConfig:
     device: str = field(default="auto", metadata=affects_vectors())  # auto = cuda if available else cpu
     dtype: str = field(default="auto", metadata=affects_vectors())  # auto = bfloat16 on GPU, float32 on CPU
     micro_batch_size: int = 4
+    #: Padded tokens per forward pass (pages x longest page); null = ``micro_batch_size`` pages per pass.
+    #: With a budget, ``micro_batch_size`` only caps the pages of one pass.
+    batch_tokens: int | None = None
+    #: auto = flash_attention_2 on GPU when installed, else sdpa; or any transformers attn_implementation.
+    attn_implementation: str = "auto"
+    #: THROUGHPUT ONLY: the registry model's real architecture (pipelines/models/architectures/) with random
+    #: weights, built offline; its vectors are meaningless (see pipelines.models.random_weights).
+    random_weights: bool = field(default=False, metadata=affects_vectors(omit_default=True))
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
             msg = f"model.micro_batch_size must be >= 1, got {self.micro_batch_size}"
             raise ValueError(msg)
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            msg = f"model.batch_tokens must be >= 1 or null (micro_batch_size pages per pass), got {self.batch_tokens}"
+            raise ValueError(msg)
+
+
+#: How a checkpoint is loaded: colpali-engine's classes, or the checkpoint's own modeling code (trust_remote_code).
+LOADERS = ("colpali", "remote_code")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to load one model family checkpoint.
+    """How to load one registered checkpoint, and what it consumes and produces.
 
-    ``max_pixels`` is the page-image pixel budget the model's processor consumes; rasterizing above
-    it only costs time (the processor downsamples anyway). ``is_test_model`` marks random weights.
+    ``max_pixels`` is the page-image pixel budget the model's processor consumes; rasterizing above it only
+    costs time (the processor downsamples anyway). ``processor_kwargs`` are passed to the processor's
+    ``from_pretrained`` (e.g. colpali-engine's ``max_num_visual_tokens``, which caps a Qwen processor at the
+    budget the checkpoint was trained with whatever its saved config says). ``dim`` is the width of one
+    multi-vector (the index records it; Vespa's tensor types follow it); ``single_vector_dim`` the width of
+    the model's own single page vector, where it has one. ``loader`` is ``colpali`` (colpali-engine's
+    ``<family>.<model_class>``) or ``remote_code`` (the checkpoint ships its own code, loaded with
+    ``trust_remote_code``, see :mod:`pipelines.models.remote`). ``licence`` and ``card`` record where the
+    figures come from. ``is_test_model`` marks random weights (a twin from :mod:`pipelines.models.twins`).
     """
 
     name: str
@@ -55,33 +81,114 @@ class ModelSpec:
     model_class: str
     processor_class: str
     max_pixels: int
+    dim: int
+    backbone: str = ""
+    processor_kwargs: tuple[tuple[str, Any], ...] = ()
+    loader: str = "colpali"
+    single_vector_dim: int | None = None
+    licence: str = ""
+    card: str = ""
     is_test_model: bool = False
 
+    def __post_init__(self) -> None:
+        if self.loader not in LOADERS:
+            msg = f"model {self.name!r}: loader must be one of {LOADERS}, got {self.loader!r}"
+            raise ValueError(msg)
+        if self.dim < 8 or self.dim % 8:
+            msg = f"model {self.name!r}: dim must be a positive multiple of 8 (binary vectors pack 8 bits a byte)"
+            raise ValueError(msg)
 
-_QWEN_BUDGET = 768 * 28 * 28  # colqwen checkpoints are trained with max_num_visual_tokens=768
+
+# colqwen2/2.5 checkpoints are trained with max_num_visual_tokens=768 (colpali-engine's training configs); one
+# token per 28x28 pixels (14-px patches merged 2x2).
+_QWEN_TOKENS = 768
+_QWEN_BUDGET = _QWEN_TOKENS * 28 * 28
+# Qwen3-VL: 16-px patches merged 2x2, one token per 32x32 pixels; the tomoro cards load their processor with
+# max_num_visual_tokens=1280.
+_QWEN3_TOKENS = 1280
+_QWEN3_BUDGET = _QWEN3_TOKENS * 32 * 32
 # ColPali squashes every page to 448x448; render so that the short side of a letter page is ~448 px.
 _COLPALI_BUDGET = 448 * 580
 # SmolVLM tiles the image into 512 px tiles (longest edge 1536 px in the colSmol processors).
 _COLSMOL_BUDGET = 1536 * 1188
+# ModernVBERT splits like Idefics3 into 512-px tiles of 64 tokens; colpali-engine's processor assumes a longest
+# edge of 2048 px when the checkpoint does not say (ColModernVBertProcessor.get_n_patches).
+_MODERNVBERT_BUDGET = 2048 * 1583
+
+_COLPALI_README = "https://github.com/illuin-tech/colpali (README: List of ColVision models)"
+
+
+def _spec(name, hub_id, family, model_class, processor_class, max_pixels, dim, **kwargs) -> ModelSpec:
+    kwargs["processor_kwargs"] = tuple(sorted(kwargs.get("processor_kwargs", {}).items()))
+    return ModelSpec(name, hub_id, family, model_class, processor_class, max_pixels, dim, **kwargs)
+
+
+def _twin_spec(name: str, family: str, model_class: str, processor_class: str) -> ModelSpec:
+    twin = twins.TWINS[name]
+    return _spec(
+        name, None, family, model_class, processor_class, twin.max_pixels, twin.dim,
+        backbone=f"tiny {twin.architecture}", licence="test model (random weights)", is_test_model=True,
+    )  # fmt: skip
+
+
+_QWEN2 = ("qwen2", "ColQwen2", "ColQwen2Processor")
+_QWEN2_5 = ("qwen2_5", "ColQwen2_5", "ColQwen2_5_Processor")
+_QWEN3 = ("qwen3", "ColQwen3", "ColQwen3Processor")
+_PALIGEMMA = ("paligemma", "ColPali", "ColPaliProcessor")
+_IDEFICS3 = ("idefics3", "ColIdefics3", "ColIdefics3Processor")
+_MODERNVBERT = ("modernvbert", "ColModernVBert", "ColModernVBertProcessor")
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec("colpali-v1.3", "vidore/colpali-v1.3", "paligemma", "ColPali", "ColPaliProcessor", _COLPALI_BUDGET),
-        ModelSpec("colqwen2-v1.0", "vidore/colqwen2-v1.0", "qwen2", "ColQwen2", "ColQwen2Processor", _QWEN_BUDGET),
-        ModelSpec(
-            "colqwen2.5-v0.2", "vidore/colqwen2.5-v0.2", "qwen2_5", "ColQwen2_5", "ColQwen2_5_Processor", _QWEN_BUDGET
-        ),
-        ModelSpec(
-            "colsmol-256m", "vidore/colSmol-256M", "idefics3", "ColIdefics3", "ColIdefics3Processor", _COLSMOL_BUDGET
-        ),
-        ModelSpec(
-            "colsmol-500m", "vidore/colSmol-500M", "idefics3", "ColIdefics3", "ColIdefics3Processor", _COLSMOL_BUDGET
-        ),
-        # Random weights: proves the plumbing, ranks nothing meaningfully. Built offline on first use.
-        ModelSpec("tiny", None, "qwen2", "ColQwen2", "ColQwen2Processor", 0, is_test_model=True),
+        _spec("colpali-v1.3", "vidore/colpali-v1.3", *_PALIGEMMA, _COLPALI_BUDGET, 128,
+              backbone="PaliGemma-3B-448", licence="Gemma", card=_COLPALI_README),
+        _spec("colqwen2-v1.0", "vidore/colqwen2-v1.0", *_QWEN2, _QWEN_BUDGET, 128,
+              backbone="Qwen2-VL-2B", processor_kwargs={"max_num_visual_tokens": _QWEN_TOKENS},
+              licence="Apache-2.0", card=_COLPALI_README),
+        _spec("colqwen2.5-v0.2", "vidore/colqwen2.5-v0.2", *_QWEN2_5, _QWEN_BUDGET, 128,
+              backbone="Qwen2.5-VL-3B", processor_kwargs={"max_num_visual_tokens": _QWEN_TOKENS},
+              licence="Apache-2.0", card=_COLPALI_README),
+        _spec("colsmol-256m", "vidore/colSmol-256M", *_IDEFICS3, _COLSMOL_BUDGET, 128,
+              backbone="SmolVLM-256M (Idefics3)", licence="Apache-2.0", card=_COLPALI_README),
+        _spec("colsmol-500m", "vidore/colSmol-500M", *_IDEFICS3, _COLSMOL_BUDGET, 128,
+              backbone="SmolVLM-500M (Idefics3)", licence="Apache-2.0", card=_COLPALI_README),
+        # colpali-engine >= 0.3.14 loads these with ColQwen3 (README: "currently supported"; 320-d projection).
+        _spec("colqwen3-4b", "TomoroAI/tomoro-colqwen3-embed-4b", *_QWEN3, _QWEN3_BUDGET, 320,
+              backbone="Qwen3-VL-4B", processor_kwargs={"max_num_visual_tokens": _QWEN3_TOKENS},
+              licence="Apache-2.0", card="https://huggingface.co/TomoroAI/tomoro-colqwen3-embed-4b"),
+        _spec("colqwen3-8b", "TomoroAI/tomoro-colqwen3-embed-8b", *_QWEN3, _QWEN3_BUDGET, 320,
+              backbone="Qwen3-VL-8B", processor_kwargs={"max_num_visual_tokens": _QWEN3_TOKENS},
+              licence="see card (not re-checked offline)",
+              card="https://huggingface.co/TomoroAI/tomoro-colqwen3-embed-8b"),
+        # ~250M parameters: CPU-viable (arXiv 2510.01149).
+        _spec("colmodernvbert", "ModernVBERT/colmodernvbert", *_MODERNVBERT, _MODERNVBERT_BUDGET, 128,
+              backbone="ModernVBERT-250M (ModernBERT + SigLIP2)", licence="MIT",
+              card="https://huggingface.co/ModernVBERT/colmodernvbert"),
+        # ColQwen2.5 architecture (the card's quick start loads it with ColQwen2_5 / ColQwen2_5_Processor).
+        _spec("colnomic-7b", "nomic-ai/colnomic-embed-multimodal-7b", *_QWEN2_5, _QWEN_BUDGET, 128,
+              backbone="Qwen2.5-VL-7B", processor_kwargs={"max_num_visual_tokens": _QWEN_TOKENS},
+              licence="Apache-2.0", card="https://huggingface.co/nomic-ai/colnomic-embed-multimodal-7b"),
+        _spec("colnomic-3b", "nomic-ai/colnomic-embed-multimodal-3b", *_QWEN2_5, _QWEN_BUDGET, 128,
+              backbone="Qwen2.5-VL-3B", processor_kwargs={"max_num_visual_tokens": _QWEN_TOKENS},
+              licence="base Qwen2.5-VL-3B: Qwen Research License (card metadata names none)",
+              card="https://huggingface.co/nomic-ai/colnomic-embed-multimodal-3b"),
+        # Ships its own modeling code (AutoModel + trust_remote_code, as its card says): 128-d multi-vectors
+        # plus a 2048-d single vector (mean pooled). The card's licence line: "initially released under
+        # cc-by-nc-4.0 due to an error. The correct license is the Qwen Research License".
+        _spec("jina-v4", "jinaai/jina-embeddings-v4", "qwen2_5", "JinaEmbeddingsV4Model",
+              "JinaEmbeddingsV4Processor", _QWEN_BUDGET, 128, backbone="Qwen2.5-VL-3B", loader="remote_code",
+              single_vector_dim=2048, licence="Qwen Research License",
+              card="https://huggingface.co/jinaai/jina-embeddings-v4"),
+        # Random weights, one per architecture family: prove the plumbing, rank nothing. Built offline on first use.
+        _twin_spec("tiny", *_QWEN2),
+        _twin_spec("tiny-colqwen2.5", *_QWEN2_5),
+        _twin_spec("tiny-colqwen3", *_QWEN3),
+        _twin_spec("tiny-colpali", *_PALIGEMMA),
+        _twin_spec("tiny-colsmol", *_IDEFICS3),
+        _twin_spec("tiny-colmodernvbert", *_MODERNVBERT),
     ]
-}
+}  # fmt: skip
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -89,12 +196,7 @@ def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
         msg = f"unknown model {name!r}; set model.name to one of: {', '.join(MODELS)}"
         raise ValueError(msg)
-    spec = MODELS[name]
-    if spec.is_test_model:
-        from pipelines.models import tiny
-
-        spec = dataclasses.replace(spec, max_pixels=tiny.TINY_MAX_PIXELS)
-    return spec
+    return MODELS[name]
 
 
 def default_cache_dir() -> Path:
@@ -107,9 +209,7 @@ def resolve_name_or_path(spec: ModelSpec, name_or_path: str | None = None, cache
     if name_or_path:
         return name_or_path
     if spec.is_test_model:
-        from pipelines.models import tiny
-
-        return str(tiny.ensure_tiny_model(Path(cache_dir) if cache_dir else default_cache_dir()))
+        return str(twins.ensure_twin(spec.name, Path(cache_dir) if cache_dir else default_cache_dir()))
     assert spec.hub_id is not None
     return spec.hub_id
 
@@ -131,16 +231,63 @@ def pick_dtype(device: str, dtype: str = "auto"):
     return getattr(torch, dtype)
 
 
-def load_model(spec: ModelSpec, name_or_path: str, device: str = "auto", dtype: str = "auto"):
-    """Load ``(model, processor)`` through ``from_pretrained``; the model is in eval mode on ``device``."""
-    from pipelines.models.colpali import model_classes
+def pick_attention(device: str, attn_implementation: str = "auto") -> str:
+    """``auto``: flash-attention 2 on a GPU when the ``flash_attn`` package is installed, else PyTorch SDPA."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    if device.startswith("cuda"):
+        import importlib.util
 
-    model_cls, processor_cls = model_classes(spec.family, spec.model_class, spec.processor_class)
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model(
+    spec: ModelSpec, name_or_path: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "auto"
+):
+    """Load ``(model, processor)`` through ``from_pretrained``; the model is in eval mode on ``device``.
+
+    A ``remote_code`` model is loaded with its own code (:mod:`pipelines.models.remote`); offline and not cached
+    that raises :class:`~pipelines.models.remote.ModelUnavailableError` saying how to get it.
+    """
+    model = load_weights(spec, name_or_path, device, dtype, attn_implementation)
+    return model, load_processor(spec, name_or_path)
+
+
+def load_weights(
+    spec: ModelSpec, name_or_path: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "auto"
+):
+    """The model alone (see :func:`load_model`), for a caller that already holds the processor."""
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
-    model = model_cls.from_pretrained(name_or_path, dtype=torch_dtype, device_map=device).eval()
-    processor = processor_cls.from_pretrained(name_or_path)
-    return model, processor
+    attention = pick_attention(device, attn_implementation)
+    if spec.loader == "remote_code":
+        from pipelines.models import remote
+
+        return remote.load_model(spec, name_or_path, torch_dtype, device, attention)
+    from pipelines.models.colpali import model_classes
+
+    model_cls, _ = model_classes(spec.family, spec.model_class, spec.processor_class)
+    return model_cls.from_pretrained(
+        name_or_path, dtype=torch_dtype, device_map=device, attn_implementation=attention
+    ).eval()
+
+
+def load_processor(spec: ModelSpec, name_or_path: str):
+    """The model's processor alone (tokenizer plus image processor), for the CPU preprocessing stage.
+
+    ``spec.processor_kwargs`` (e.g. ``max_num_visual_tokens``) are applied on load, so the processor consumes the
+    registry's budget whatever the checkpoint's saved config says.
+    """
+    if spec.loader == "remote_code":
+        from pipelines.models import remote
+
+        return remote.load_processor(spec, name_or_path)
+    from pipelines.models.colpali import model_classes
+
+    _, processor_cls = model_classes(spec.family, spec.model_class, spec.processor_class)
+    return processor_cls.from_pretrained(name_or_path, **dict(spec.processor_kwargs))
 
 
 def embeddings_to_rows(embeddings, attention_mask) -> list[np.ndarray]:

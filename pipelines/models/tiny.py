@@ -7,12 +7,14 @@ random weights, a byte-level BPE tokenizer trained in code, and Qwen2-VL image/v
 pixel budget. Its embeddings are deterministic but meaningless: it is NOT a retriever.
 
 Public API: ``TINY_MODEL_NAME``, ``TINY_MIN_PIXELS``, ``TINY_MAX_PIXELS``, ``build_tiny_colqwen2``,
-``ensure_tiny_model``.
+``ensure_tiny_model``; and, for the other families' twins (:mod:`pipelines.models.twins`), the shared pieces
+``qwen_tokenizer``, ``byte_level_tokenizer`` and ``build_model_dir`` (the atomic, idempotent directory build).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -20,6 +22,8 @@ import random
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 TINY_MODEL_NAME = "tiny"  # label: random-weight TEST model, not a retriever
 
@@ -129,17 +133,13 @@ def _corpus(n_sentences: int = 4000) -> list[str]:
     return sentences
 
 
-def _build_tokenizer():
-    """Train a byte-level BPE with Qwen2's exact normalizer/pre-tokenizer and wrap it as a ``Qwen2Tokenizer``.
-
-    Returns the tokenizer with every Qwen2-VL special token registered (ids right after the BPE vocab) and
-    Qwen2-VL-Instruct's conventions: no BOS, eos ``<|im_end|>``, pad ``<|endoftext|>``, no unk (byte-level
-    covers every input).
-    """
+@functools.lru_cache(maxsize=1)
+def _trained_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    """``(vocab items, merges)`` of a byte-level BPE trained on the generated corpus with Qwen2's normalizer and
+    pre-tokenizer. Seed-independent and trained once per process (a few CPU seconds): every twin shares it."""
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
-    from transformers import AddedToken
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     raw = Tokenizer(BPE())
     raw.normalizer = normalizers.NFC()
@@ -161,8 +161,26 @@ def _build_tokenizer():
     raw.train_from_iterator(_corpus(), trainer=trainer)
 
     model_json = json.loads(raw.to_str())["model"]
-    vocab: dict[str, int] = dict(model_json["vocab"])
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
+    merges = tuple(tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"])
+    return tuple(model_json["vocab"].items()), merges
+
+
+def _build_tokenizer():
+    """The Qwen2-VL-style tokenizer of the tiny test models (see :func:`qwen_tokenizer`)."""
+    return qwen_tokenizer()
+
+
+def qwen_tokenizer():
+    """The trained byte-level BPE wrapped as a ``Qwen2Tokenizer`` (what Qwen2-VL, Qwen2.5-VL and Qwen3-VL load).
+
+    Every Qwen2-VL special token is registered (ids right after the BPE vocab) with Qwen2-VL-Instruct's
+    conventions: no BOS, eos ``<|im_end|>``, pad ``<|endoftext|>``, no unk (byte-level covers every input).
+    """
+    from transformers import AddedToken
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    vocab_items, merges = _trained_bpe()
+    vocab: dict[str, int] = dict(vocab_items)
     base = len(vocab)
     # Pinning the special tokens into the vocab fixes their ids in Qwen order regardless of the order in which
     # Qwen2Tokenizer/add_tokens would otherwise append them.
@@ -171,7 +189,7 @@ def _build_tokenizer():
 
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=list(merges),
         unk_token=None,
         bos_token=None,
         eos_token="<|im_end|>",
@@ -186,6 +204,37 @@ def _build_tokenizer():
         if actual != base + offset:
             msg = f"special token {token!r} got id {actual}, expected {base + offset}"
             raise RuntimeError(msg)
+    return tokenizer
+
+
+def byte_level_tokenizer(special_tokens: list[str], **special_roles: str):
+    """The trained byte-level BPE as a ``PreTrainedTokenizerFast`` with ``special_tokens`` added.
+
+    ``special_roles`` names the roles (``bos_token="<bos>"``, ``pad_token=...``, ``padding_side=...``); each
+    role's token is added too. Used by the families whose processors take any fast tokenizer (PaliGemma,
+    Idefics3, ModernVBERT); the special-token strings are the ones their processors look up.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import AddedToken, PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    vocab_items, merges = _trained_bpe()
+    raw = Tokenizer(BPE(vocab=dict(vocab_items), merges=list(merges)))
+    raw.normalizer = normalizers.NFC()
+    raw.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    raw.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, model_max_length=32768, **special_roles)
+    roles = [v for k, v in special_roles.items() if k.endswith("_token") and v]
+    extra = list(dict.fromkeys([*special_tokens, *roles]))
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in extra]}
+    )
     return tokenizer
 
 
@@ -305,30 +354,63 @@ def build_tiny_colqwen2(out_dir: str | os.PathLike, seed: int = 0) -> pathlib.Pa
         ColQwen2.from_pretrained(str(path), dtype=torch.float32)
         ColQwen2Processor.from_pretrained(str(path))
 
+    The build follows :func:`build_model_dir`'s contract (deterministic, idempotent, atomic). It takes well under
+    a second on CPU once ``colpali_engine``/``transformers`` are imported (that import dominates); the directory
+    is ~1 MB.
+    """
+
+    def make(seed: int):
+        tokenizer = _build_tokenizer()
+        return _build_model(tokenizer, seed), _build_processor(tokenizer)
+
+    return build_model_dir(
+        out_dir, seed, name=TINY_MODEL_NAME, make=make, readme=_readme, recipe_version=_RECIPE_VERSION
+    )
+
+
+def build_model_dir(
+    out_dir: str | os.PathLike,
+    seed: int,
+    *,
+    name: str,
+    make: Callable[[int], tuple[Any, Any]],
+    readme: Callable[[int], str],
+    recipe_version: int,
+) -> pathlib.Path:
+    """Build a random-weight TEST model directory with ``make(seed) -> (model, processor)``; return its path.
+
     Contract:
-      - Deterministic: the same ``seed`` yields identical weights and tokenizer (also across processes).
+      - Deterministic: the same ``seed`` yields identical weights and tokenizer (also across processes), as long
+        as ``make`` seeds from ``seed`` only.
       - Idempotent: if ``out_dir`` already holds a complete build (marker ``.complete`` present), returns
-        immediately without touching it. Raises ``ValueError`` if that build used a different seed.
+        immediately without touching it. Raises ``ValueError`` if that build used a different seed or name.
       - Atomic and concurrency-safe: files are written into a unique sibling staging directory which is then
         ``os.rename``d to ``out_dir``; a reader therefore never sees a partial build. If another process wins
         the rename race, its (equivalent) build is kept and ours discarded.
       - ``out_dir`` may pre-exist only if empty; a non-empty directory without the marker raises
         ``FileExistsError`` (it is never deleted, as it may hold someone else's files).
-      - The build itself takes well under a second on CPU once ``colpali_engine``/``transformers`` are imported
-        (that import dominates). The directory is ~1 MB. The caller's torch RNG state is left untouched.
+      - The caller's torch RNG state is left untouched (``make`` must seed under ``torch.random.fork_rng``).
     """
     out = pathlib.Path(out_dir).absolute()
     if _is_complete(out):
-        _check_marker_seed(out, seed)
+        _check_marker(out, seed, name)
         return out
     with _BUILD_LOCK:
         if _is_complete(out):  # another thread finished it while we waited
-            _check_marker_seed(out, seed)
+            _check_marker(out, seed, name)
             return out
-        return _build_atomically(out, seed)
+        return _build_atomically(out, seed, name, make, readme, recipe_version)
 
 
-def _build_atomically(out: pathlib.Path, seed: int) -> pathlib.Path:
+def _check_marker(path: pathlib.Path, seed: int, name: str) -> None:
+    _check_marker_seed(path, seed)
+    recorded = json.loads((path / MARKER_NAME).read_text()).get("name")
+    if recorded != name:
+        msg = f"{path} holds the test model {recorded!r}, not {name!r}; use another directory"
+        raise ValueError(msg)
+
+
+def _build_atomically(out: pathlib.Path, seed: int, name, make, readme, recipe_version) -> pathlib.Path:
     """Build into a private staging dir, then publish it as ``out`` with one atomic rename."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         msg = f"{out} exists and is not a complete tiny-model build; remove it or choose another directory"
@@ -339,13 +421,11 @@ def _build_atomically(out: pathlib.Path, seed: int) -> pathlib.Path:
     staging = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        tokenizer = _build_tokenizer()
-        processor = _build_processor(tokenizer)
-        model = _build_model(tokenizer, seed)
+        model, processor = make(seed)
         processor.save_pretrained(str(staging))
         model.save_pretrained(str(staging))
-        (staging / README_NAME).write_text(_readme(seed))
-        marker = {"name": TINY_MODEL_NAME, "seed": seed, "recipe_version": _RECIPE_VERSION, "random_weights": True}
+        (staging / README_NAME).write_text(readme(seed))
+        marker = {"name": name, "seed": seed, "recipe_version": recipe_version, "random_weights": True}
         (staging / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True) + "\n")
         try:
             # rename(2) replaces an empty directory and fails on a non-empty one, which is exactly the race
@@ -354,7 +434,7 @@ def _build_atomically(out: pathlib.Path, seed: int) -> pathlib.Path:
         except OSError:
             if not _is_complete(out):
                 raise
-            _check_marker_seed(out, seed)
+            _check_marker(out, seed, name)
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)

@@ -3,10 +3,13 @@
 :class:`PdfiumWorker` starts ``python -m pipelines.render.pdfium`` with ``RLIMIT_AS`` set in the child and
 talks to it over its stdin/stdout with length-prefixed pickles. The worker keeps one document open and
 serves requests for it (open, render a page, text of pages), so one process serves every page and
-document of a stage instance. A request that does not answer within its timeout kills the worker; one
+document. A request that does not answer within its timeout kills the worker; one
 that kills it (a crash, or its memory limit) is reported as ``memory_limit`` or ``render_failed``; the
 next request starts a fresh worker and reopens the document. The worker exits when its stdin closes,
 so it never outlives the job. Pixels travel raw (RGB bytes) and are encoded by the stage, as poppler's.
+:func:`shared_worker` keeps one worker per job process (or Ray worker process) and memory limit: Ray Data
+hands every task a freshly unpickled stage, so a worker owned by the stage object would start again for
+every document.
 
 Only this module's ``serve`` loop imports pypdfium2: the job process never loads pdfium.
 """
@@ -21,12 +24,13 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.render import PDFIUM, DocumentError, DocumentInfo, PageSize
-from pipelines.render.bounded import STDERR_KEEP, CappedReader, kill_group, limit_memory, over_memory_limit
+from pipelines.render.bounded import STDERR_KEEP, CappedReader, kill_group, limited_command, over_memory_limit
 
 _HEADER = struct.Struct("<Q")
 #: Largest answer accepted from the worker (a page image is at most hard_max_pixels * 3 bytes).
@@ -34,7 +38,11 @@ MAX_MESSAGE = 256 * 1024 * 1024
 
 
 class PdfiumWorker:
-    """Client of one pdfium worker process (started on first use, restarted after a crash or a timeout)."""
+    """Client of one pdfium worker process (started on first use, restarted after a crash or a timeout).
+
+    Thread-safe: each request (with the reopen it may need) holds a lock, so stages on several threads of
+    one process can share a worker (:func:`shared_worker`).
+    """
 
     name = PDFIUM
 
@@ -44,6 +52,8 @@ class PdfiumWorker:
         self._process: subprocess.Popen | None = None
         self._stderr: CappedReader | None = None
         self._document: str | None = None  # the path the worker has open
+        self._lock = threading.RLock()
+        self._owner = os.getpid()  # a forked copy of this object must not stop its parent's worker
         self.starts = 0
 
     # -- process management ------------------------------------------------------------------------
@@ -54,12 +64,13 @@ class PdfiumWorker:
 
     def _start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path])}
+        command, preexec = limited_command([sys.executable, "-m", "pipelines.render.pdfium"], self.memory_limit)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.render.pdfium"],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=limit_memory(self.memory_limit),
+            preexec_fn=preexec,
             start_new_session=True,
             env=env,
         )
@@ -69,16 +80,18 @@ class PdfiumWorker:
         self.starts += 1
 
     def close(self) -> None:
-        """Stop the worker (closing its stdin ends it; it is killed if it does not exit promptly)."""
-        process, self._process, self._document = self._process, None, None
-        if process is None:
-            return
-        try:
-            process.stdin.close()
-            process.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            kill_group(process)
-        process.stdout.close()
+        """Stop the worker (closing its stdin ends it; it is killed if it does not exit promptly). The next
+        request starts a new one."""
+        with self._lock:
+            process, self._process, self._document = self._process, None, None
+            if process is None or os.getpid() != self._owner:
+                return
+            try:
+                process.stdin.close()
+                process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                kill_group(process)
+            process.stdout.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -93,7 +106,10 @@ class PdfiumWorker:
         text = stderr.decode("utf-8", "replace").strip()[-300:]
         if over_memory_limit(process.returncode, stderr, self.memory_limit):
             limit = self.memory_limit // 2**20
-            msg = f"pdfium worker exceeded its memory limit of {limit} MiB during {what} (rasterize.memory_limit_mb; exit {process.returncode}): {text}"  # noqa: E501
+            msg = (
+                f"pdfium worker exceeded its memory limit of {limit} MiB during {what} "
+                f"(rasterize.pdfium_memory_limit_mb / memory_limit_mb; exit {process.returncode}): {text}"
+            )
             return DocumentError("memory_limit", msg)
         return DocumentError(
             "render_failed", f"pdfium worker crashed during {what} (exit {process.returncode}): {text}"
@@ -154,8 +170,9 @@ class PdfiumWorker:
     # -- the renderer ------------------------------------------------------------------------------
 
     def open(self, path: Path, timeout: float) -> DocumentInfo:
-        pages, title = self._call(("open", str(path)), timeout)
-        self._document = str(path)
+        with self._lock:
+            pages, title = self._call(("open", str(path)), timeout)
+            self._document = str(path)
         if not pages:
             raise DocumentError("no_pages", "PDF has zero pages (pdfium)")
         return DocumentInfo(PDFIUM, [PageSize(w, h) for w, h in pages], title)
@@ -171,8 +188,10 @@ class PdfiumWorker:
         images = []
         deadline = time.monotonic() + timeout
         for number in range(first, last + 1):
-            self._ensure(path, max(0.1, deadline - time.monotonic()))
-            mode, pixel_size, data = self._call(("render", number, size), max(0.1, deadline - time.monotonic()))
+            with self._lock:
+                self._ensure(path, max(0.1, deadline - time.monotonic()))
+                answer = self._call(("render", number, size), max(0.1, deadline - time.monotonic()))
+            mode, pixel_size, data = answer
             images.append(Image.frombytes(mode, pixel_size, data))
         return images
 
@@ -180,8 +199,9 @@ class PdfiumWorker:
         """Text layers of pages first..last; None when pdfium cannot read them, :class:`DocumentError` on a
         timeout or the memory limit."""
         try:
-            self._ensure(path, timeout)
-            return self._call(("text", first, last), timeout)
+            with self._lock:
+                self._ensure(path, timeout)
+                return self._call(("text", first, last), timeout)
         except DocumentError as exc:
             if exc.error_type in ("timeout", "memory_limit"):
                 raise
@@ -189,10 +209,31 @@ class PdfiumWorker:
 
     def release(self) -> None:
         """Close the worker's document (the worker stays up for the next one)."""
-        if self._process is not None and self._document is not None:
-            with contextlib.suppress(DocumentError):
-                self._call(("close",), 10.0)
-            self._document = None
+        with self._lock:
+            if self._process is not None and self._document is not None:
+                with contextlib.suppress(DocumentError):
+                    self._call(("close",), 10.0)
+                self._document = None
+
+
+#: One worker per (process, memory limit); see :func:`shared_worker`.
+_SHARED: dict[tuple[int, int | None], PdfiumWorker] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_worker(memory_limit: int | None) -> PdfiumWorker:
+    """This process's worker for ``memory_limit`` bytes, created on first use.
+
+    A Ray Data task gets a freshly unpickled stage, so a worker owned by the stage object would cost a
+    Python start-up (~0.1 CPU-s) per document; this one lives as long as the process (it exits when the
+    process does: its stdin closes). :meth:`PdfiumWorker.close` stops it; the next request restarts it.
+    """
+    key = (os.getpid(), memory_limit)
+    with _SHARED_LOCK:
+        worker = _SHARED.get(key)
+        if worker is None:
+            worker = _SHARED[key] = PdfiumWorker(memory_limit)
+        return worker
 
 
 # -- the worker process ----------------------------------------------------------------------------
@@ -260,8 +301,22 @@ def _close(state: dict) -> None:
         pdf.close()
 
 
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """End this worker when the process that started it is gone, even mid-render: a closed stdin is only noticed
+    between requests, and a page that never finishes (the render bomb) must not outlive a killed job."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def serve() -> None:
     """The worker loop: read a request from stdin, answer on the original stdout, until stdin closes."""
+    _exit_with_parent()
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything pdfium or Python prints goes to stderr, never into the protocol
     requests = sys.stdin.buffer
@@ -273,7 +328,7 @@ def serve() -> None:
         try:
             answer = handlers[op](state, *args)
         except MemoryError:
-            answer = _error("memory_limit", "pdfium worker ran out of memory (rasterize.memory_limit_mb)")
+            answer = _error("memory_limit", "pdfium worker ran out of memory (rasterize.pdfium_memory_limit_mb)")
         except Exception as exc:
             answer = _error("render_failed", f"pdfium {op} failed: {type(exc).__name__}: {exc}")
         payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)

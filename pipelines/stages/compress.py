@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pipelines import schema
 from pipelines.ids import affects_vectors
+from pipelines.muvera import MuveraSettings, mean_vector
 from pipelines.stages.base import Stage
 
 
@@ -19,19 +20,42 @@ def pool_vectors(pooler, vectors: np.ndarray, pool_factor: int) -> np.ndarray:
     Returns unit-norm float32 vectors, about ``n // pool_factor`` of them. ``pool_factor=1`` and
     pages with fewer than two vectors (the pooler rejects those) are returned unchanged.
     """
+    return pool_vectors_with_groups(pooler, vectors, pool_factor)[0]
+
+
+def pool_vectors_with_groups(pooler, vectors: np.ndarray, pool_factor: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`pool_vectors` and, per input vector, the row of the pooled output it went into (int32 ``(n,)``;
+    ``None`` when nothing was pooled). The pooler's own cluster assignment (``return_dict=True``): similarity
+    maps spread a pooled vector's score over the patches of its cluster."""
     import torch
 
     if pool_factor == 1 or vectors.shape[0] < 2:
-        return vectors.astype(np.float32)
-    pooled = pooler.pool_embeddings([torch.from_numpy(vectors.astype(np.float32))], pool_factor=pool_factor)
-    return pooled[0].numpy()
+        return vectors.astype(np.float32), None
+    output = pooler.pool_embeddings(
+        [torch.from_numpy(vectors.astype(np.float32))], pool_factor=pool_factor, return_dict=True
+    )
+    groups = np.full(vectors.shape[0], -1, dtype=np.int32)
+    row = 0
+    # The pooler emits one vector per non-empty cluster, in cluster-id order.
+    for cluster_id in sorted(output.cluster_id_to_indices[0]):
+        members = output.cluster_id_to_indices[0][cluster_id][0].numpy()
+        if members.size:
+            groups[members] = row
+            row += 1
+    return output.pooled_embeddings[0].numpy(), groups
+
+
+def row_dims(batch: pa.Table) -> list[int]:
+    """Each row's vector width (:func:`pipelines.schema.row_dim`: ``embedding_dim``, else from the bytes)."""
+    columns = [c for c in ("embedding_dim", "n_vectors", "embedding") if c in batch.column_names]
+    return [schema.row_dim(row) for row in batch.select(columns).to_pylist()]
 
 
 def binarize(vectors: np.ndarray) -> np.ndarray:
     """Pack each vector's sign bits (``v > 0`` → 1) into bytes, most significant bit first.
 
-    A 128-d vector becomes 16 bytes. Bit order is numpy's default big-endian ``packbits``, which is
-    what Vespa's ``unpack_bits`` (default ``big``) reads back.
+    A ``d``-wide vector becomes ``d / 8`` bytes (128-d: 16, 320-d: 40). Bit order is numpy's default
+    big-endian ``packbits``, which is what Vespa's ``unpack_bits`` (default ``big``) reads back.
     """
     return np.packbits(vectors > 0, axis=1)
 
@@ -51,6 +75,12 @@ class PoolStage(Stage):
     ``n_rerank_vectors`` (fed to Vespa's paged ``embedding_float``); ``None`` or equal to
     ``pool_factor`` stores no second column (``embedding`` is then the re-ranking vectors).
 
+    Before pooling it adds one vector per page from the raw vectors (:mod:`pipelines.muvera`): ``page_embedding``,
+    their normalised mean, where the embed stage left it empty (a model that supplies its own page embedding fills
+    it there), when ``page_vector`` is on; and ``muvera_embedding``, their MUVERA fixed dimensional encoding, unless
+    ``muvera`` is null. Both come from the unpooled vectors, so the encoding approximates MaxSim over the model's
+    own vectors whatever the pool factors.
+
     Runs on long-lived workers: the pooler (colpali-engine's, imported without its model families,
     see :mod:`pipelines.models.colpali`) is loaded once per worker in ``setup`` rather than per task.
     """
@@ -59,6 +89,8 @@ class PoolStage(Stage):
     stateful: ClassVar[bool] = True
     pool_factor: int = field(default=1, metadata=affects_vectors())
     rerank_pool_factor: int | None = field(default=None, metadata=affects_vectors())
+    page_vector: bool = field(default=True, metadata=affects_vectors())
+    muvera: MuveraSettings | None = field(default_factory=MuveraSettings, metadata=affects_vectors())
 
     def __post_init__(self) -> None:
         if self.pool_factor < 1:
@@ -84,31 +116,61 @@ class PoolStage(Stage):
             self._pooler = token_pooler_class()()
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
+        batch = self._page_vectors(batch)
         if self.pool_factor == 1 and not self.separate_rerank:
             return batch
+        return self._pool(batch)
+
+    def _page_vectors(self, batch: pa.Table) -> pa.Table:
+        """``page_embedding`` (where still empty) and ``muvera_embedding`` of every row with raw vectors."""
+        if not self.page_vector and self.muvera is None:
+            return batch
+        embeddings = batch.column("embedding").to_pylist()
+        supplied = batch.column("page_embedding").to_pylist() if "page_embedding" in batch.column_names else None
+        pages = list(supplied) if supplied is not None else [None] * len(embeddings)
+        encodings = [None] * len(embeddings)
+        for i, (buffer, dim) in enumerate(zip(embeddings, row_dims(batch), strict=True)):
+            if buffer is None:
+                continue
+            raw = schema.decode_embedding(buffer, dim)
+            if self.page_vector and pages[i] is None:
+                pages[i] = mean_vector(raw).astype("<f2").tobytes()
+            if self.muvera is not None:
+                encodings[i] = self.muvera.encoder(dim).document(raw).astype("<f2").tobytes()
+        batch = schema.with_column(batch, "page_embedding", pages)
+        return schema.with_column(batch, "muvera_embedding", encodings)
+
+    def _pool(self, batch: pa.Table) -> pa.Table:
         self.setup()
         pooler = self._pooler
         embeddings = batch.column("embedding").to_pylist()
         counts = batch.column("n_vectors").to_pylist()
         rerank = [None] * len(embeddings)
         rerank_counts = [None] * len(embeddings)
+        groups = [None] * len(embeddings)
+        rerank_groups = [None] * len(embeddings)
+        dims = row_dims(batch)
         for i, buffer in enumerate(embeddings):
             if buffer is None:
                 continue
-            raw = schema.decode_embedding(buffer)
+            raw = schema.decode_embedding(buffer, dims[i])
             if self.separate_rerank:
-                vectors = pool_vectors(pooler, raw, self.rerank_pool_factor)
+                vectors, members = pool_vectors_with_groups(pooler, raw, self.rerank_pool_factor)
                 rerank[i] = buffer if self.rerank_pool_factor == 1 else vectors.astype("<f2").tobytes()
                 rerank_counts[i] = int(vectors.shape[0])
+                rerank_groups[i] = None if members is None else members.astype("<i4").tobytes()
             if self.pool_factor > 1:
-                pooled = pool_vectors(pooler, raw, self.pool_factor)
+                pooled, members = pool_vectors_with_groups(pooler, raw, self.pool_factor)
                 embeddings[i] = pooled.astype("<f2").tobytes()
                 counts[i] = int(pooled.shape[0])
+                groups[i] = None if members is None else members.astype("<i4").tobytes()
         batch = schema.with_column(batch, "embedding", embeddings)
         batch = schema.with_column(batch, "n_vectors", counts)
+        batch = schema.with_column(batch, "pool_groups", groups)
         if self.separate_rerank:
             batch = schema.with_column(batch, "rerank_embedding", rerank)
             batch = schema.with_column(batch, "n_rerank_vectors", rerank_counts)
+            batch = schema.with_column(batch, "rerank_pool_groups", rerank_groups)
         return batch
 
 
@@ -122,7 +184,7 @@ class BinarizeStage(Stage):
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         packed = [
-            None if buffer is None else binarize(schema.decode_embedding(buffer)).tobytes()
-            for buffer in batch.column("embedding").to_pylist()
+            None if buffer is None else binarize(schema.decode_embedding(buffer, dim)).tobytes()
+            for buffer, dim in zip(batch.column("embedding").to_pylist(), row_dims(batch), strict=True)
         ]
         return schema.with_column(batch, "binary", packed)

@@ -1,4 +1,4 @@
-"""Embed: page images → multi-vectors with a ColPali-family model (one model per actor)."""
+"""Embed: the pages' model inputs -> multi-vectors with a ColPali-family model (one model per actor)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,23 @@ import pyarrow as pa
 from PIL import Image
 
 from pipelines import schema
+from pipelines.models import inputs
 from pipelines.models.registry import ModelConfig
 from pipelines.stages.base import Stage, error_fields
 
 
 @dataclass
 class EmbedStage(Stage):
-    """Encode every page row's ``image`` into ``embedding`` (float16 bytes) and ``n_vectors``.
+    """Encode every page row into ``embedding`` (float16 bytes) and ``n_vectors``; clears ``model_inputs``.
 
-    ``micro_batch_size`` is the model's forward batch, independent of how many rows Ray hands the
-    stage. Rows are sorted by image area before micro-batching so pages of similar size share a
-    forward pass (less padding). A page whose image cannot be decoded or processed becomes an
-    ``embed`` error row; a failing forward pass of a whole micro-batch is retried page by page so one
-    bad page cannot take its neighbours with it; a page whose vectors come out empty or non-finite is a
-    ``bad_vectors`` row. Model-level failures (OOM, device, bad weights) raise.
+    In the pipeline, :class:`~pipelines.stages.preprocess.PreprocessStage` has already turned each page
+    image into its model inputs on a CPU worker, so this stage (the model's actor) only decodes them, stacks
+    them into micro-batches and runs forward passes: up to ``model.micro_batch_size`` pages per pass, or up
+    to ``model.batch_tokens`` padded tokens when set (pages of similar token counts share a pass). A row
+    without model inputs (the stage used on its own) is preprocessed here first, with the same error rows
+    as the preprocess stage. A ``ValueError`` from a forward pass (inputs the model refuses) is retried page
+    by page so one bad page cannot take its neighbours with it (``embed_failed``); a page whose vectors come
+    out empty or non-finite is a ``bad_vectors`` row. Model-level failures (OOM, device, bad weights) raise.
     """
 
     name: ClassVar[str] = "embed"
@@ -33,58 +36,112 @@ class EmbedStage(Stage):
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
+        if self.model.random_weights:
+            from pipelines.models import random_weights
+
+            random_weights.architecture(self.model.name)  # fail fast: no architecture config for this model
         self._encoder = None
+        self._layouts = None  # similarity_maps.LayoutCache of the loaded processor
 
     def setup(self) -> None:
+        """Load the model, once per worker (an actor calls this once; later calls are no-ops)."""
         from pipelines.models.encoder import MultiVectorEncoder
 
         if self._encoder is None:
             model = self.model
             self._encoder = MultiVectorEncoder(
-                model.name, model.name_or_path, model.cache_dir, model.device, model.dtype
+                model.name,
+                model.name_or_path,
+                model.cache_dir,
+                model.device,
+                model.dtype,
+                attn_implementation=model.attn_implementation,
+                random_weights=model.random_weights,
             )
+
+    @property
+    def encoder(self):
+        self.setup()
+        return self._encoder
 
     def __getstate__(self):
         # The loaded model never travels with the stage; each worker loads its own in setup().
         state = dict(self.__dict__)
         state["_encoder"] = None
+        state["_layouts"] = None
         return state
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        self.setup()
+        encoder = self.encoder
         rows = batch.to_pylist()
-        todo = [i for i, row in enumerate(rows) if row["error_type"] is None]
-        images: dict[int, Image.Image] = {}
-        for i in todo:
-            try:
-                image = Image.open(io.BytesIO(rows[i]["image"]))
-                image.load()
-                images[i] = image.convert("RGB")
-            except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
-                rows[i].update(error_fields(self.name, "image_decode", f"{type(exc).__name__}: {exc}"))
-        order = sorted(images, key=lambda i: images[i].width * images[i].height)
-        for start in range(0, len(order), self.model.micro_batch_size):
-            chunk = order[start : start + self.model.micro_batch_size]
-            for i, vectors in zip(chunk, self._embed_isolating(chunk, images, rows), strict=True):
-                if vectors is None:
-                    continue
-                finite = bool(np.isfinite(vectors).all())
-                if vectors.shape[0] == 0 or not finite:
-                    message = f"model produced {vectors.shape[0]} vectors (all finite: {finite})"
-                    rows[i].update(error_fields(self.name, "bad_vectors", message))
-                    continue
-                rows[i]["embedding"] = vectors.astype("<f2").tobytes()
-                rows[i]["n_vectors_raw"] = rows[i]["n_vectors"] = int(vectors.shape[0])
-                rows[i]["model"] = self.model.name
+        todo: dict[int, dict[str, np.ndarray]] = {}
+        for i, row in enumerate(rows):
+            if row["error_type"] is not None:
+                continue
+            arrays = self._inputs(row, encoder)
+            if arrays is not None:
+                todo[i] = arrays
+        order = list(todo)
+        for i, vectors in zip(order, self._embed_isolating(order, todo, rows), strict=True):
+            if vectors is None:
+                continue
+            finite = bool(np.isfinite(vectors).all())
+            if vectors.shape[0] == 0 or not finite:
+                message = f"model produced {vectors.shape[0]} vectors (all finite: {finite})"
+                rows[i].update(error_fields(self.name, "bad_vectors", message))
+                continue
+            if vectors.shape[1] != encoder.spec.dim:
+                # The index, Vespa's tensor types and every reader take the width from the registry: a checkpoint
+                # that disagrees is a registry error, not bad data.
+                msg = (
+                    f"model {self.model.name!r} produced {vectors.shape[1]}-d vectors; "
+                    f"the registry says {encoder.spec.dim}"
+                )
+                raise RuntimeError(msg)
+            rows[i]["embedding"] = vectors.astype("<f2").tobytes()
+            rows[i]["embedding_dim"] = int(vectors.shape[1])
+            rows[i]["n_vectors_raw"] = rows[i]["n_vectors"] = int(vectors.shape[0])
+            rows[i]["model"] = self.model.name
+            size = (rows[i]["image_width"], rows[i]["image_height"])
+            if None not in size:
+                rows[i].update(self._patch_layout(size, int(vectors.shape[0])))
+        for row in rows:
+            row["model_inputs"] = None  # megabytes per page that nothing downstream reads
         return schema.rows_to_table(rows)
 
-    def _embed_isolating(self, chunk: list[int], images: dict, rows: list[dict]) -> list[np.ndarray | None]:
-        # Only ValueError is the processor refusing an image (e.g. an extreme aspect ratio); runtime
-        # errors (out of memory, device or dtype problems) are the pipeline's and must fail the run.
+    def _inputs(self, row: dict, encoder) -> dict[str, np.ndarray] | None:
+        """The row's model inputs: decoded from ``model_inputs``, or computed here when the row has none."""
+        if row["model_inputs"] is not None:
+            return inputs.decode(row["model_inputs"])
         try:
-            return self._encoder.embed_images([images[i] for i in chunk], micro_batch_size=len(chunk))
+            image = Image.open(io.BytesIO(row["image"]))
+            image.load()
+        except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
+            row.update(error_fields(self.name, "image_decode", f"{type(exc).__name__}: {exc}"))
+            return None
+        try:
+            return encoder.page_inputs(image)
         except ValueError as exc:
-            if len(chunk) > 1:
-                return [self._embed_isolating([i], images, rows)[0] for i in chunk]
-            rows[chunk[0]].update(error_fields(self.name, "embed_failed", f"{type(exc).__name__}: {exc}"))
+            row.update(error_fields(self.name, "preprocess_failed", f"{type(exc).__name__}: {exc}"))
+            return None
+
+    def _embed_isolating(self, order: list[int], todo: dict, rows: list[dict]) -> list[np.ndarray | None]:
+        # Only ValueError is the model refusing its inputs; runtime errors (out of memory, device or dtype
+        # problems) are the pipeline's and must fail the run.
+        model = self.model
+        try:
+            return self._encoder.embed_inputs([todo[i] for i in order], model.micro_batch_size, model.batch_tokens)
+        except ValueError as exc:
+            if len(order) > 1:
+                return [self._embed_isolating([i], todo, rows)[0] for i in order]
+            rows[order[0]].update(error_fields(self.name, "embed_failed", f"{type(exc).__name__}: {exc}"))
             return [None]
+
+    def _patch_layout(self, size: tuple[int, int], n_vectors: int) -> dict:
+        """The page's patch-layout columns (similarity maps), or none when the model's layout is unknown."""
+        from pipelines.similarity_maps import LayoutCache
+
+        if self._layouts is None:
+            self._layouts = LayoutCache(self._encoder.processor)
+        layout = self._layouts.layout(size, n_vectors)
+        return layout.columns() if layout is not None else {}

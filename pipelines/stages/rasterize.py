@@ -6,7 +6,8 @@ anyway), capped by a DPI ceiling for small pages and a hard pixel ceiling, and k
 in a long-lived worker process, every child bounded in memory, time and output. ``rasterize.renderer=auto``
 renders with the primary (:data:`AUTO_PRIMARY`) and falls back to the other when the primary cannot open
 the document, count its pages or render a page; each page records the renderer that produced it. The text
-layer comes from poppler's ``pdftotext`` (pdfium's text layer where poppler cannot read it). Documents are
+layer comes from poppler's ``pdftotext`` (pdfium's text layer where poppler cannot read it), read after the
+pages are rendered and only for pages that were (a page that fails gets no text time). Documents are
 processed in windows of pages so a 2,000-page file never holds more than one window of images.
 """
 
@@ -27,7 +28,7 @@ from PIL import Image
 from pipelines import ids, io, schema
 from pipelines.ids import affects_vectors
 from pipelines.render import AUTO, PDFIUM, POPPLER, RENDERERS, DocumentError, DocumentInfo, PageSize, target_size
-from pipelines.render.pdfium import PdfiumWorker
+from pipelines.render.pdfium import PdfiumWorker, shared_worker
 from pipelines.render.poppler import PopplerRenderer
 from pipelines.render.repair import repair_root
 from pipelines.stages.base import Stage, error_fields
@@ -78,11 +79,15 @@ class RasterizeStage(Stage):
     renderer: str = field(default=AUTO, metadata=affects_vectors())
     extract_text: bool = True
     timeout_s: float = 120.0
-    #: Per pdftotext call (text is worth less than the page: it gives up sooner).
+    #: Per text-layer call (text is worth less than the page: it gives up sooner); never above ``timeout_s``.
     text_timeout_s: float = 30.0
     document_timeout_s: float = 1800.0
     #: Address-space limit of every renderer child (pdfinfo, pdftoppm, pdftotext, the pdfium worker); 0 = none.
     memory_limit_mb: int = 2048
+    #: The pdfium worker's own, lower limit (the smaller of the two applies; 0 = ``memory_limit_mb``). pdfium
+    #: holds a page's whole display list where poppler streams it: a page over this limit is drawn by poppler
+    #: (``auto``) within ``memory_limit_mb``, and a runaway page stops costing memory sooner.
+    pdfium_memory_limit_mb: int = 1024
     max_file_bytes: int = 512 * 1024 * 1024
     thumbnail_px: int = 192  # long side of the JPEG thumbnail kept per page; 0 = none
     storage_options: dict[str, Any] | None = None
@@ -109,8 +114,11 @@ class RasterizeStage(Stage):
         if not (self.timeout_s > 0 and self.document_timeout_s > 0 and self.text_timeout_s > 0):
             msg = "rasterize.timeout_s, text_timeout_s and document_timeout_s must be > 0"
             raise ValueError(msg)
-        if self.memory_limit_mb < 0:
-            msg = f"rasterize.memory_limit_mb must be >= 0 (0 = no limit), got {self.memory_limit_mb}"
+        if self.memory_limit_mb < 0 or self.pdfium_memory_limit_mb < 0:
+            msg = (
+                "rasterize.memory_limit_mb and pdfium_memory_limit_mb must be >= 0 (0 = no limit / the general "
+                f"limit), got {self.memory_limit_mb} and {self.pdfium_memory_limit_mb}"
+            )
             raise ValueError(msg)
         self._deadline = math.inf  # monotonic time by which the current document must be done
         self._pdfium: PdfiumWorker | None = None
@@ -120,6 +128,11 @@ class RasterizeStage(Stage):
     @property
     def memory_limit_bytes(self) -> int | None:
         return self.memory_limit_mb * 2**20 or None
+
+    @property
+    def pdfium_memory_limit_bytes(self) -> int | None:
+        limits = [mb for mb in (self.memory_limit_mb, self.pdfium_memory_limit_mb) if mb]
+        return min(limits) * 2**20 if limits else None
 
     def renderer_order(self) -> list[str]:
         """Renderers tried, in order: the chosen one, or for ``auto`` the primary then the fallback."""
@@ -131,11 +144,12 @@ class RasterizeStage(Stage):
         if name == POPPLER:
             return PopplerRenderer(self.memory_limit_bytes)
         if self._pdfium is None:
-            self._pdfium = PdfiumWorker(self.memory_limit_bytes)
+            self._pdfium = shared_worker(self.pdfium_memory_limit_bytes)
         return self._pdfium
 
     def close(self) -> None:
-        """Stop the pdfium worker, if one runs (a later document starts a new one)."""
+        """Stop the pdfium worker, if one runs (this process's, shared by stages with the same limit; a later
+        document starts a new one)."""
         if self._pdfium is not None:
             self._pdfium.close()
             self._pdfium = None
@@ -249,7 +263,6 @@ class RasterizeStage(Stage):
 
     def _render_window(self, document: _Document, base: dict, start: int, stop: int) -> list[dict]:
         sizes = document.info.sizes
-        texts = self._texts(document, start, stop)
         rows: list[dict] = []
         # Consecutive pages with the same target size share one poppler call (the common case:
         # every page of a document has the same size).
@@ -259,17 +272,26 @@ class RasterizeStage(Stage):
             try:
                 size = target_size(width_pt, height_pt, self.max_pixels, self.max_dpi)
             except DocumentError as exc:
-                rows.extend(self._fallback_page(document, base, texts, start, run_start, exc))
+                rows.extend(self._fallback_page(document, base, run_start, exc))
                 run_start += 1
                 continue
             run_stop = run_start
             while run_stop < stop and sizes[run_stop] == sizes[run_start - 1]:
                 run_stop += 1
-            rows.extend(self._render_run(document, base, texts, start, run_start, run_stop, size))
+            rows.extend(self._render_run(document, base, run_start, run_stop, size))
             run_start = run_stop + 1
+        # Text last, for the rendered pages only: a page that failed (a bomb that ran into its time or memory
+        # bound) spends nothing more on its text layer.
+        pages = [row for row in rows if "error_type" not in row]
+        if pages:
+            first = pages[0]["page_number"]
+            texts = self._texts(document, first, pages[-1]["page_number"])
+            for row in pages:
+                offset = row["page_number"] - first
+                row["text"] = texts[offset] if offset < len(texts) else ""
         return rows
 
-    def _render_run(self, document: _Document, base, texts, window_start, first, last, size) -> list[dict]:
+    def _render_run(self, document: _Document, base, first, last, size) -> list[dict]:
         if size[0] * size[1] > self.hard_max_pixels:
             exc = DocumentError("pixel_cap", f"render of {size[0]}x{size[1]} px exceeds rasterize.hard_max_pixels")
             return [self._page_error(base, n, exc) for n in range(first, last + 1)]
@@ -278,22 +300,24 @@ class RasterizeStage(Stage):
             images = renderer.render(document.path, first, last, size, sizes[first - 1], self._call_timeout())
         except DocumentError as exc:
             if first == last:
-                return self._fallback_page(document, base, texts, window_start, first, exc)
+                return self._fallback_page(document, base, first, exc)
             # Isolate the bad page(s) instead of failing the whole run of pages.
             rows = []
             for number in range(first, last + 1):
-                rows.extend(self._render_run(document, base, texts, window_start, number, number, size))
+                rows.extend(self._render_run(document, base, number, number, size))
             return rows
         numbers = range(first, first + len(images))
         return [
-            self._page_row(base, n, sizes[n - 1], image, texts, window_start, renderer.name)
+            self._page_row(base, n, sizes[n - 1], image, renderer.name)
             for n, image in zip(numbers, images, strict=True)
         ]
 
-    def _fallback_page(self, document: _Document, base, texts, window_start, number, exc: DocumentError) -> list[dict]:
-        """A page the document's renderer could not render: the other renderer tries it (``auto`` only, and not
-        after a timeout, whose time is spent; after the memory limit it does: poppler streams images that pdfium
-        decodes whole), else it is an error row."""
+    def _fallback_page(self, document: _Document, base, number, exc: DocumentError) -> list[dict]:
+        """A page the document's renderer could not render: the other renderer tries it (``auto`` only), else it
+        is an error row. Not after a timeout: that time is spent. After the memory limit it does: pdfium builds a
+        page's whole display list before drawing it, poppler draws while it parses, so a page with millions of
+        paths that pdfium cannot hold in ``pdfium_memory_limit_mb`` renders with poppler in a few MiB (bounded by
+        ``timeout_s`` like any call)."""
         order = self.renderer_order()
         if len(order) < 2 or exc.error_type in ("timeout", "pixel_cap"):
             return [self._page_error(base, number, exc)]
@@ -311,10 +335,10 @@ class RasterizeStage(Stage):
         except DocumentError as second:
             message = f"{exc}; {other.name}: {second}"
             return [self._page_error(base, number, DocumentError(exc.error_type, message))]
-        return [self._page_row(base, number, page, image, texts, window_start, other.name)]
+        return [self._page_row(base, number, page, image, other.name)]
 
-    def _page_row(self, base, number, page: PageSize, image: Image.Image, texts, window_start, renderer) -> dict:
-        offset = number - window_start
+    def _page_row(self, base, number, page: PageSize, image: Image.Image, renderer) -> dict:
+        """A page record; its ``text`` is filled in once the window's pages are rendered."""
         return {
             **base,
             "page_id": ids.page_id(base["doc_id"], number),
@@ -325,7 +349,7 @@ class RasterizeStage(Stage):
             "image_width": image.width,
             "image_height": image.height,
             "thumbnail": self._thumbnail(image),
-            "text": texts[offset] if offset < len(texts) else "",
+            "text": "",
             "renderer": renderer,
         }
 
@@ -349,15 +373,16 @@ class RasterizeStage(Stage):
         return buffer.getvalue()
 
     def _texts(self, document: _Document, first: int, last: int) -> list[str]:
-        """Text layers of pages first..last: poppler's pdftotext (``text_timeout_s``), else pdfium's where poppler
-        cannot read them (``auto``, or ``renderer=pdfium``, which uses no poppler at all). A text layer that cannot
-        be read is not worth losing the page over: it is then empty."""
+        """Text layers of pages first..last: poppler's pdftotext, else pdfium's where poppler cannot read them
+        (``auto``, or ``renderer=pdfium``, which uses no poppler at all), each within ``text_timeout_s`` (at most
+        ``timeout_s``). A text layer that cannot be read is not worth losing the page over: it is then empty."""
         if not self.extract_text:
             return []
         names = [name for name in (POPPLER, PDFIUM) if name in self.renderer_order()]
+        limit = min(self.text_timeout_s, self.timeout_s)
         for name in names:
             try:
-                texts = self._renderer(name).texts(document.path, first, last, self._call_timeout(self.text_timeout_s))
+                texts = self._renderer(name).texts(document.path, first, last, self._call_timeout(limit))
             except DocumentError:  # a timeout or the memory limit: not worth spending again on another reader
                 return []
             if texts is not None:

@@ -4,6 +4,9 @@ process SIGKILL itself the ``n``-th time (default 1st) it reaches ``hit(name)``.
 
 With ``PIPELINES_FAILPOINTS_ONCE_DIR`` set, each point fires only once across processes (a marker file
 is created before the kill), so a Ray task that is retried after the kill goes through.
+
+``PIPELINES_FAILPOINTS_ACTION=stop`` makes the process SIGSTOP itself instead: it hangs holding its work
+until something outside kills it (the multi-node test kills the whole Ray node it runs on).
 """
 
 from __future__ import annotations
@@ -40,4 +43,5 @@ def hit(name: str) -> None:
             marker.touch(exist_ok=False)
         except FileExistsError:
             return
-    os.kill(os.getpid(), signal.SIGKILL)
+    stop = os.environ.get("PIPELINES_FAILPOINTS_ACTION", "kill") == "stop"
+    os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)

@@ -126,11 +126,29 @@ def text_pdf(pages: int = 1, text: str = "Hello", page_size=A4, password: str | 
     return out.getvalue()
 
 
+def constant_flate(value: int, size: int, chunk: int = 1 << 20) -> bytes:
+    """A zlib stream of ``size`` bytes all equal to ``value`` (~1000:1), without compressing ``size`` bytes.
+
+    One ``chunk`` is deflated once and its blocks repeated: a full flush ends them byte-aligned with no
+    reference to earlier data, so copies can follow each other (as pigz joins its blocks); an empty final block
+    and the Adler-32 of the whole (in closed form for constant bytes) end the stream.
+    """
+
+    def blocks(length: int) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: no header, no checksum
+        return compressor.compress(bytes([value]) * length) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+    count, rest = divmod(size, chunk)
+    body = blocks(chunk) * count + (blocks(rest) if rest else b"")
+    # Adler-32 of n bytes v: A = 1 + n*v, B = sum of A after each byte = n + v*n*(n+1)/2 (mod 65521).
+    a = (1 + size * value) % 65521
+    b = (size + value * size * (size + 1) // 2) % 65521
+    return b"\x78\xda" + body + b"\x03\x00" + ((b << 16) | a).to_bytes(4, "big")
+
+
 def image_bomb(pixels: int = 25_000) -> bytes:
     """One page drawing a ``pixels`` x ``pixels`` 8-bit grey image of zeros, Flate-compressed ~1000:1."""
-    row = b"\x00" * pixels
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(pixels)) + compressor.flush()
+    data = constant_flate(0, pixels * pixels)
     image = b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray " % (pixels, pixels)
     image += b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
     return _one_page(
@@ -201,9 +219,7 @@ def false_rejections() -> dict[str, bytes]:
 def flood(operators: int = 2_000_000, pixels: int = 20_000) -> bytes:
     """One page whose content is ``operators`` unknown operators (a warning each, without ``-q``) and then a
     ``pixels`` x ``pixels`` grey image, all Flate-compressed into a few hundred KB."""
-    row = b"\x80" * pixels
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(pixels)) + compressor.flush()
+    data = constant_flate(0x80, pixels * pixels)
     image = b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray " % (pixels, pixels)
     image += b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
     content = b"zz " * operators + b"q 612 0 0 792 0 0 cm /Im0 Do Q"

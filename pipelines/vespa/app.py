@@ -1,8 +1,9 @@
 """The Vespa application package, defined once in code with pyvespa.
 
-One document per page (schema ``pdf_page``): binary patch vectors ``tensor<int8>(patch{}, v[16])``
-with an HNSW index over hamming distance (retrieval and first phase; pooled by ``pooling.pool_factor``),
-bfloat16 float patch vectors on a paged attribute (exact re-ranking and evaluation; the index's
+One document per page (schema ``pdf_page``): binary patch vectors ``tensor<int8>(patch{}, v[dim / 8])``
+(``dim``: the model's vector width, ``vespa.app.embedding_dim``; 128 -> ``v[16]``) with an HNSW index over
+hamming distance (retrieval and first phase; pooled by ``pooling.pool_factor``), bfloat16 float patch vectors
+``v[dim]`` on a paged attribute (exact re-ranking and evaluation; the index's
 ``rerank_embedding``, e.g. unpooled, when it has one, else its ``embedding``), the page text and document title as
 BM25 fields, provenance attributes and a small thumbnail.
 
@@ -16,6 +17,15 @@ Rank profiles carry the same names and the same math as the local search
   (for clusters fed without float vectors: ``vespa.documents.float_vectors=false``).
 * ``hybrid``     ``two_phase`` with ``bm25_weight * (bm25(title) + bm25(text))`` added in the second phase.
 * ``float``      exact MaxSim over the bfloat16 vectors (evaluation; needs the float field fed).
+* ``muvera``     one vector per page: the query's MUVERA encoding ``query(qm)`` retrieves by ``nearestNeighbor``
+  over ``muvera_embedding`` (HNSW, dotproduct), the first phase is that dot product, the second phase
+  ``two_phase``'s exact MaxSim on the top ``rerank_count`` (:mod:`pipelines.muvera`).
+* ``page_vector`` the same with the query's mean vector ``query(qp)`` against ``page_embedding`` (the pages'
+  normalised mean vectors; HNSW, prenormalized-angular): the cheapest first stage.
+* ``similar_pages`` ``page_embedding`` similarity alone, for "pages like this page" (``query(qp)`` = a page's own).
+
+Every query input is declared once, in ``binary``, and inherited, so each profile accepts every body the query
+builder (:mod:`pipelines.vespa.query`) sends.
 
 :func:`package_files` renders the whole package (``services.xml``, schema, and for the multi-node
 topology ``hosts.xml``) as text; :func:`write_package` and :func:`package_zip` write it to disk or a
@@ -73,18 +83,44 @@ from vespa.package import (
     ServicesConfiguration,
 )
 
-from pipelines.schema import BINARY_BYTES, EMBEDDING_DIM
+from pipelines import schema as page_schema
+from pipelines.muvera import MuveraSettings
+from pipelines.text_search import HYBRID_BM25_WEIGHT
 
 SCHEMA_NAME = "pdf_page"
 TOPOLOGIES = ("single", "multinode")
 
 BINARY_FIELD = "embedding"
 FLOAT_FIELD = "embedding_float"
-BINARY_TENSOR = f"tensor<int8>(patch{{}}, v[{BINARY_BYTES}])"
-FLOAT_TENSOR = f"tensor<bfloat16>(patch{{}}, v[{EMBEDDING_DIM}])"
-QUERY_FLOAT_TENSOR = f"tensor<float>(querytoken{{}}, v[{EMBEDDING_DIM}])"
-QUERY_BINARY_TENSOR = f"tensor<int8>(querytoken{{}}, v[{BINARY_BYTES}])"
-QUERY_TOKEN_TENSOR = f"tensor<int8>(v[{BINARY_BYTES}])"
+
+
+@dataclass(frozen=True)
+class TensorTypes:
+    """The schema's tensor types for vectors of width ``dim``: packed sign bits are ``v[dim / 8]`` int8 cells,
+    float vectors ``v[dim]`` (bfloat16 stored, float in queries)."""
+
+    dim: int
+
+    @property
+    def binary(self) -> str:
+        return f"tensor<int8>(patch{{}}, v[{page_schema.binary_bytes(self.dim)}])"
+
+    @property
+    def float(self) -> str:
+        return f"tensor<bfloat16>(patch{{}}, v[{self.dim}])"
+
+    @property
+    def query_float(self) -> str:
+        return f"tensor<float>(querytoken{{}}, v[{self.dim}])"
+
+    @property
+    def query_binary(self) -> str:
+        return f"tensor<int8>(querytoken{{}}, v[{page_schema.binary_bytes(self.dim)}])"
+
+    @property
+    def query_token(self) -> str:
+        return f"tensor<int8>(v[{page_schema.binary_bytes(self.dim)}])"
+
 
 # The rank expressions, as Vespa evaluates them. tests/vespa checks them against an independent numpy
 # evaluation and against the local search scores.
@@ -94,6 +130,25 @@ MAX_SIM_BINARY = (
 MAX_SIM_UNPACKED = f"sum(reduce(sum(query(qt) * unpack_bits(attribute({BINARY_FIELD})), v), max, patch), querytoken)"
 MAX_SIM_FLOAT = f"sum(reduce(sum(query(qt) * cell_cast(attribute({FLOAT_FIELD}), float), v), max, patch), querytoken)"
 BM25 = "bm25(title) + bm25(text)"
+# One vector per page (pipelines.muvera): dense bfloat16 fields with HNSW, and their query inputs.
+PAGE_VECTOR_FIELD = "page_embedding"
+MUVERA_FIELD = "muvera_embedding"
+PAGE_INPUT = "qp"
+MUVERA_INPUT = "qm"
+SIMILAR_PAGES_PROFILE = "similar_pages"
+MUVERA_SIMILARITY = f"sum(query({MUVERA_INPUT}) * cell_cast(attribute({MUVERA_FIELD}), float))"
+PAGE_SIMILARITY = f"sum(query({PAGE_INPUT}) * cell_cast(attribute({PAGE_VECTOR_FIELD}), float))"
+# Similarity maps (pipelines.similarity_maps): query token x patch similarities, min-max scaled over the page to
+# -1..1 and cast to int8, returned as the summary feature ``quantized``, as Vespa's ColPali sample application does.
+SIMILARITIES_FLOAT = f"sum(query(qt) * cell_cast(attribute({FLOAT_FIELD}), float), v)"
+SIMILARITIES_UNPACKED = f"sum(query(qt) * unpack_bits(attribute({BINARY_FIELD})), v)"
+NORMALIZED = (
+    "(similarities - reduce(similarities, min)) / reduce(similarities - reduce(similarities, min), max) * 2 - 1"
+)
+QUANTIZED = "cell_cast(normalized * 127.999, int8)"
+#: The rank profile of a similarity-map query, by the vectors the map is drawn from (float re-ranking vectors, or
+#: the candidates' unpacked bits). Not a search profile: the query names the pages (``page_id in (...)``).
+SIMILARITY_MAP_PROFILES = {"float": "similarity_map", "unpacked": "similarity_map_unpacked"}
 
 
 @dataclass
@@ -102,6 +157,9 @@ class VespaAppSettings:
 
     name: str = "pdfvisual"  # application name: lowercase letters and digits only
     schema: str = SCHEMA_NAME
+    # The model's vector width, which the tensor types follow (v[dim / 8] binary, v[dim] float); null = the
+    # default model's. jobs.deploy_vespa sets it from index=<path> or model=<name>.
+    embedding_dim: int | None = None
     content_cluster: str = "pages"
     container_cluster: str = "default"
     # HNSW over the binary patch vectors (hamming). More links / exploration: better recall, slower feed.
@@ -111,7 +169,10 @@ class VespaAppSettings:
     rerank_count: int = 200
     # One nearestNeighbor operator (and query(rqN) input) per query token, up to this many tokens.
     max_query_tokens: int = 64
-    hybrid_bm25_weight: float = 2.0
+    hybrid_bm25_weight: float = HYBRID_BM25_WEIGHT  # the local hybrid's weight (pipelines.text_search)
+    # Values of the MUVERA encoding (muvera_embedding, x[...]); null = the default pooling.muvera at the model's
+    # width. Set it when the index was built with other pooling.muvera settings.
+    muvera_dim: int | None = None
     # Multi-node topology (hosts.xml + services.xml); single-node ignores these.
     config_hosts: list[str] = field(
         default_factory=lambda: ["cfg0.example.com", "cfg1.example.com", "cfg2.example.com"]
@@ -140,6 +201,26 @@ class VespaAppSettings:
         if not self.content_groups or not all(self.content_groups):
             msg = "vespa.app.content_groups must list at least one group with at least one host"
             raise ValueError(msg)
+        if self.muvera_dim is not None and self.muvera_dim < 1:
+            msg = f"vespa.app.muvera_dim must be >= 1 (or null), got {self.muvera_dim}"
+            raise ValueError(msg)
+        if self.embedding_dim is not None and (self.embedding_dim < 8 or self.embedding_dim % 8):
+            msg = f"vespa.app.embedding_dim must be a positive multiple of 8 (or null), got {self.embedding_dim}"
+            raise ValueError(msg)
+
+    @property
+    def tensors(self) -> TensorTypes:
+        """The tensor types of this package: ``embedding_dim``, else the registry's default model's width."""
+        if self.embedding_dim is not None:
+            return TensorTypes(self.embedding_dim)
+        from pipelines.models.registry import ModelConfig, get_spec
+
+        return TensorTypes(get_spec(ModelConfig().name).dim)
+
+    @property
+    def muvera_tensor_dim(self) -> int:
+        """Values of ``muvera_embedding``: ``muvera_dim``, else the default MUVERA settings at the model's width."""
+        return self.muvera_dim or MuveraSettings().dim(self.tensors.dim)
 
 
 def token_input(index: int) -> str:
@@ -148,6 +229,7 @@ def token_input(index: int) -> str:
 
 
 def build_schema(settings: VespaAppSettings) -> Schema:
+    tensors = settings.tensors
     fields = [
         Field("page_id", "string", indexing=["summary", "attribute"]),
         Field("doc_id", "string", indexing=["summary", "attribute"], attribute=["fast-search"]),
@@ -161,7 +243,7 @@ def build_schema(settings: VespaAppSettings) -> Schema:
         Field("thumbnail", "raw", indexing=["summary"]),
         Field(
             BINARY_FIELD,
-            BINARY_TENSOR,
+            tensors.binary,
             indexing=["attribute", "index"],
             ann=HNSW(
                 distance_metric="hamming",
@@ -170,19 +252,47 @@ def build_schema(settings: VespaAppSettings) -> Schema:
             ),
         ),
         # Paged: only the few re-ranked pages touch it per query, so it may live on disk.
-        Field(FLOAT_FIELD, FLOAT_TENSOR, indexing=["attribute"], attribute=["paged"]),
+        Field(FLOAT_FIELD, tensors.float, indexing=["attribute"], attribute=["paged"]),
+        # One vector per page, in memory (HNSW needs it there): normalised means (cosine = dot product) and MUVERA
+        # encodings (unnormalised: their dot product approximates MaxSim).
+        Field(
+            PAGE_VECTOR_FIELD,
+            f"tensor<bfloat16>(x[{tensors.dim}])",
+            indexing=["attribute", "index"],
+            ann=HNSW(
+                distance_metric="prenormalized-angular",
+                max_links_per_node=settings.hnsw_max_links_per_node,
+                neighbors_to_explore_at_insert=settings.hnsw_neighbors_to_explore_at_insert,
+            ),
+        ),
+        Field(
+            MUVERA_FIELD,
+            f"tensor<bfloat16>(x[{settings.muvera_tensor_dim}])",
+            indexing=["attribute", "index"],
+            ann=HNSW(
+                distance_metric="dotproduct",
+                max_links_per_node=settings.hnsw_max_links_per_node,
+                neighbors_to_explore_at_insert=settings.hnsw_neighbors_to_explore_at_insert,
+            ),
+        ),
     ]
     schema = Schema(
         name=settings.schema,
         document=Document(fields=fields),
         fieldsets=[FieldSet(name="default", fields=["title", "text"])],
     )
-    inputs = [("query(qt)", QUERY_FLOAT_TENSOR), ("query(qtb)", QUERY_BINARY_TENSOR)]
-    inputs += [(f"query({token_input(i)})", QUERY_TOKEN_TENSOR) for i in range(settings.max_query_tokens)]
+    inputs = [("query(qt)", tensors.query_float), ("query(qtb)", tensors.query_binary)]
+    inputs += [(f"query({token_input(i)})", tensors.query_token) for i in range(settings.max_query_tokens)]
+    inputs += [
+        (f"query({MUVERA_INPUT})", f"tensor<float>(x[{settings.muvera_tensor_dim}])"),
+        (f"query({PAGE_INPUT})", f"tensor<float>(x[{tensors.dim}])"),
+    ]
     functions = [
         Function(name="max_sim_binary", expression=MAX_SIM_BINARY),
         Function(name="max_sim_unpacked", expression=MAX_SIM_UNPACKED),
         Function(name="max_sim_float", expression=MAX_SIM_FLOAT),
+        Function(name="muvera_similarity", expression=MUVERA_SIMILARITY),
+        Function(name="page_similarity", expression=PAGE_SIMILARITY),
     ]
     schema.add_rank_profile(
         RankProfile(
@@ -228,6 +338,37 @@ def build_schema(settings: VespaAppSettings) -> Schema:
             match_features=["max_sim_float"],
         )
     )
+    for name, similarity in (("muvera", "muvera_similarity"), ("page_vector", "page_similarity")):
+        schema.add_rank_profile(
+            RankProfile(
+                name=name,
+                inherits="two_phase",
+                first_phase=FirstPhaseRanking(expression=similarity),
+                match_features=[similarity, "max_sim_float"],
+            )
+        )
+    schema.add_rank_profile(
+        RankProfile(
+            name=SIMILAR_PAGES_PROFILE,
+            inherits="binary",
+            first_phase=FirstPhaseRanking(expression="page_similarity"),
+            match_features=["page_similarity"],
+        )
+    )
+    # Similarity maps: the query names its pages, so the (inherited, cheap) first phase only orders them.
+    for kind, similarities in (("float", SIMILARITIES_FLOAT), ("unpacked", SIMILARITIES_UNPACKED)):
+        schema.add_rank_profile(
+            RankProfile(
+                name=SIMILARITY_MAP_PROFILES[kind],
+                inherits="binary",
+                functions=[
+                    Function(name="similarities", expression=similarities),
+                    Function(name="normalized", expression=NORMALIZED),
+                    Function(name="quantized", expression=QUANTIZED),
+                ],
+                summary_features=["quantized"],
+            )
+        )
     return schema
 
 

@@ -10,6 +10,7 @@ or :class:`DeployError` (rejected, unreachable or never healthy); nothing here e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipelines.errors import ConfigError
 from pipelines.vespa import app, config
@@ -69,14 +70,56 @@ def wait_healthy(url: str, wait_s: float) -> bool:
     return False
 
 
+def with_model_dim(
+    settings: app.VespaAppSettings,
+    index: str | None = None,
+    model: str | None = None,
+    storage_options: Any = None,
+) -> app.VespaAppSettings:
+    """``settings`` whose tensor types follow the index's vector width (``index``: its recorded dimension) or the
+    registered model's (``model``). Raises :class:`ConfigError` when they disagree with each other or with an
+    explicit ``vespa.app.embedding_dim``, or when the index or model does not exist."""
+    from pipelines.index.location import IndexLocation, embedding_dim
+    from pipelines.models.registry import get_spec
+
+    dims: dict[str, int] = {}
+    if settings.embedding_dim is not None:
+        dims["vespa.app.embedding_dim"] = settings.embedding_dim
+    if model:
+        try:
+            dims[f"model={model}"] = get_spec(str(model)).dim
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    if index:
+        options = (
+            OmegaConf.to_container(storage_options) if isinstance(storage_options, DictConfig) else storage_options
+        )
+        location = IndexLocation(str(index), options or {})
+        if location.ledger.read_meta() is None and not location.part_files("pages"):
+            msg = f"no index at {index!r} to take the vector width from; set index=<an index> or model=<name>"
+            raise ConfigError(msg)
+        dims[f"index={index}"] = embedding_dim(location)
+    if len(set(dims.values())) > 1:
+        msg = f"vector widths disagree: {dims}; the Vespa schema needs the width of the vectors it will hold"
+        raise ConfigError(msg)
+    if not dims:
+        return settings
+    return dataclasses.replace(settings, embedding_dim=next(iter(dims.values())))
+
+
 def deploy_from_config(cfg: DictConfig, report: Callable[[str], Any] = print) -> None:
     """Write every package; with ``config_server``, deploy ``topology`` and wait for ``vespa.endpoint.url``.
+
+    The schema's tensor types follow ``index`` (its recorded vector width) or ``model`` when given
+    (:func:`with_model_dim`), else ``vespa.app.embedding_dim``, else the default model's width.
 
     ``report`` receives one line per step (files written, deploy answer, health). Raises
     :class:`ConfigError` before writing anything when the config is unusable, :class:`DeployError`
     when deploying or waiting fails.
     """
-    settings = config.settings(cfg, "app")
+    settings = with_model_dim(
+        config.settings(cfg, "app"), cfg.get("index"), cfg.get("model"), cfg.get("storage_options")
+    )
     if cfg.topology not in app.TOPOLOGIES:
         msg = f"topology must be one of {app.TOPOLOGIES}, got {cfg.topology!r}"
         raise ConfigError(msg)

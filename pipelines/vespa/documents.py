@@ -3,14 +3,18 @@
 The compact form (what we send) writes each patch of a mapped tensor as one hex string, Vespa's
 shortest documented JSON for mixed tensors with one mapped dimension:
 
-* ``embedding`` (``tensor<int8>(patch{}, v[16])``): ``{"0": "<32 hex digits>", ...}``, the 16 packed
-  sign-bit bytes of each patch, two hex digits per int8 cell (two's complement), exactly our stored bytes.
-* ``embedding_float`` (``tensor<bfloat16>(patch{}, v[128])``): ``{"0": "<512 hex digits>", ...}``, four hex
+* ``embedding`` (``tensor<int8>(patch{}, v[dim / 8])``, ``dim`` the row's ``embedding_dim``, e.g. 128):
+  ``{"0": "<dim / 4 hex digits>", ...}``, the ``dim / 8`` packed sign-bit bytes of each patch, two hex digits
+  per int8 cell (two's complement), exactly our stored bytes.
+* ``embedding_float`` (``tensor<bfloat16>(patch{}, v[dim])``): ``{"0": "<4 * dim hex digits>", ...}``, four hex
   digits per cell: the bfloat16 bit pattern (the float32's top 16 bits, rounded to nearest even). These
   are the page's float re-ranking vectors: ``rerank_embedding`` when the index has it
   (``pooling.rerank_pool_factor``, e.g. unpooled), else ``embedding``.
 
-The list form (pyvespa's usual ``{"0": [16 ints], ...}`` / ``{"0": [128 floats], ...}``) is kept for the
+* ``page_embedding`` / ``muvera_embedding`` (``tensor<bfloat16>(x[n])``, one vector per page, when the index
+  has them): ``{"values": "<4 * n hex digits>"}``, the same bfloat16 bit patterns, dense.
+
+The list form (pyvespa's usual ``{"0": [dim / 8 ints], ...}`` / ``{"0": [dim floats], ...}``) is kept for the
 serialization benchmark and for debugging.
 
 Document ids are the pages' deterministic ``page_id``, so feeding a page again overwrites it.
@@ -27,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import io, schema
-from pipelines.vespa.app import BINARY_FIELD, FLOAT_FIELD
+from pipelines.vespa.app import BINARY_FIELD, FLOAT_FIELD, MUVERA_FIELD, PAGE_VECTOR_FIELD
 
 FORMS = ("hex", "list")
 
@@ -47,7 +51,12 @@ FEED_COLUMNS = [
     "model",
     "config_hash",
     "rerank_embedding",
+    "embedding_dim",
+    "page_embedding",
+    "muvera_embedding",
 ]
+#: One-vector-per-page index columns and the Vespa fields they feed (the index's column names are the fields').
+PAGE_VECTOR_COLUMNS = {"page_embedding": PAGE_VECTOR_FIELD, "muvera_embedding": MUVERA_FIELD}
 
 
 @dataclass
@@ -78,23 +87,32 @@ def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def binary_tensor(binary: np.ndarray, form: str = "hex") -> dict[str, Any]:
-    """``tensor<int8>(patch{}, v[16])`` JSON from packed bits ``(n, 16)`` uint8."""
+    """``tensor<int8>(patch{}, v[dim / 8])`` JSON from packed bits ``(n, dim / 8)`` uint8."""
     if form == "hex":
         return {str(i): row.tobytes().hex() for i, row in enumerate(binary)}
     return {str(i): row.astype(np.int8).tolist() for i, row in enumerate(binary)}
 
 
 def float_tensor(vectors: np.ndarray, form: str = "hex") -> dict[str, Any]:
-    """``tensor<bfloat16>(patch{}, v[128])`` JSON from float vectors ``(n, 128)``."""
+    """``tensor<bfloat16>(patch{}, v[dim])`` JSON from float vectors ``(n, dim)``."""
     if form == "hex":
         big_endian = to_bfloat16_bits(vectors).astype(">u2")
         return {str(i): row.tobytes().hex() for i, row in enumerate(big_endian)}
     return {str(i): row.tolist() for i, row in enumerate(np.asarray(vectors, dtype=np.float32))}
 
 
+def dense_tensor(vector: np.ndarray, form: str = "hex") -> dict[str, Any]:
+    """``tensor<bfloat16>(x[n])`` JSON from a float vector ``(n,)``."""
+    vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    if form == "hex":
+        return {"values": to_bfloat16_bits(vector).astype(">u2").tobytes().hex()}
+    return {"values": vector[0].tolist()}
+
+
 def page_document(row: Mapping[str, Any], settings: DocumentSettings) -> dict[str, Any]:
     """One feed operation ``{"id": page_id, "fields": {...}}`` for an index page row."""
-    binary = schema.decode_binary(row["binary"])
+    dim = schema.row_dim(row)
+    binary = schema.decode_binary(row["binary"], dim)
     text = row.get("text") or ""
     source_uri = row["source_uri"]
     fields: dict[str, Any] = {
@@ -110,7 +128,10 @@ def page_document(row: Mapping[str, Any], settings: DocumentSettings) -> dict[st
         BINARY_FIELD: binary_tensor(binary, settings.form),
     }
     if settings.float_vectors:
-        fields[FLOAT_FIELD] = float_tensor(schema.decode_embedding(rerank_vectors(row)), settings.form)
+        fields[FLOAT_FIELD] = float_tensor(schema.decode_embedding(rerank_vectors(row), dim), settings.form)
+    for column, field_name in PAGE_VECTOR_COLUMNS.items():
+        if row.get(column):
+            fields[field_name] = dense_tensor(np.frombuffer(row[column], dtype="<f2"), settings.form)
     if settings.thumbnails and row.get("thumbnail"):
         fields["thumbnail"] = base64.b64encode(row["thumbnail"]).decode("ascii")
     return {"id": row["page_id"], "fields": fields}

@@ -8,7 +8,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import cli, common, feed, fidelity, index_size, pipeline, pooling, rasterize, report, search, vectors
+from benchmarks import (
+    cli,
+    common,
+    feed,
+    fidelity,
+    index_size,
+    pipeline,
+    pooling,
+    rasterize,
+    report,
+    scale,
+    search,
+    vectors,
+)
 from pipelines.search import LocalIndex
 from pipelines.stages.rasterize import target_size
 from tests.helpers import run_cli
@@ -138,9 +151,13 @@ def test_fidelity_pool1_float_is_exact_and_full_float_rerank_is_exact():
 def test_fidelity_grid_equals_local_search(results):
     rows = results["fidelity"]["results"]["sets"]["synthetic"]["rows"]
     # The default setting (its rerank depth capped at the 12 pages) ranked by LocalIndex.search itself.
-    (default,) = [r for r in rows if "search_matches_grid" in r]
+    (default,) = [r for r in rows if "search_matches_grid" in r and r["profile"] == "two_phase"]
     assert fidelity._is_setting(default, {**fidelity.DEFAULT_SETTING, "rerank_count": 12})
     assert default["search_matches_grid"] == 1.0
+    # The single-vector first stages (page_vector, muvera) too: their grid rows equal LocalIndex.search.
+    single = [r for r in rows if "search_matches_grid" in r and r["profile"] != "two_phase"]
+    assert {r["profile"] for r in single} >= {"page_vector", "muvera"}
+    assert all(r["search_matches_grid"] == 1.0 for r in single), single
 
 
 def test_ranking_metrics_by_hand():
@@ -226,6 +243,9 @@ def test_report_renders_every_section_with_small_figures(results, tmp_path):
         "results": {"status": "ok", "error": None, "data": fake_pipeline_result("s", "tiny", [1, 2])},
         "checks": [],
     }
+    all_results["scale"] = scale.bench_scale(
+        sizes=(300, 1200), docs_per_part=100, workdir=str(tmp_path), history_parts=3
+    )
     for name, body in all_results.items():
         body = {"benchmark": name, "machine": common.machine_info(), "command": f"test {name}", **body}
         cli.write_result(tmp_path, name, body)

@@ -47,8 +47,8 @@ def test_run_search_raises_instead_of_exiting(tmp_path, built_index):
         run_search(search_config(f"index={tmp_path}", "query=x"))
     with pytest.raises(ConfigError, match="nothing to search"):
         run_search(search_config(f"index={built_index}"))
-    with pytest.raises(ConfigError, match="hybrid needs Vespa"):
-        run_search(search_config(f"index={built_index}", "query=x", "profile=hybrid"))
+    with pytest.raises(ConfigError, match="profile must be one of"):
+        run_search(search_config(f"index={built_index}", "query=x", "profile=bm25"))
 
 
 def test_text_output_names_the_test_model(built_index):

@@ -5,7 +5,14 @@ import time
 
 import pytest
 
-from pipelines.render.bounded import STDERR_KEEP, ChildTimeout, over_memory_limit, run_bounded
+from pipelines.render.bounded import (
+    PRLIMIT,
+    STDERR_KEEP,
+    ChildTimeout,
+    limited_command,
+    over_memory_limit,
+    run_bounded,
+)
 
 
 def test_output_is_capped_however_much_the_child_writes():
@@ -31,3 +38,14 @@ def test_a_child_past_its_timeout_is_killed():
     with pytest.raises(ChildTimeout):
         run_bounded([sys.executable, "-c", "import time; time.sleep(60)"], 0.5, None, 100)
     assert time.monotonic() - started < 10
+
+
+def test_the_limit_is_set_in_the_child_without_forking_the_job_through_a_preexec_hook():
+    code = "import resource; print(*resource.getrlimit(resource.RLIMIT_AS))"
+    result = run_bounded([sys.executable, "-c", code], timeout=30, memory_limit=300 * 2**20, stdout_cap=100)
+    assert result.stdout.split() == [str(300 * 2**20).encode()] * 2  # soft and hard
+    assert result.args == [sys.executable, "-c", code]  # messages name the tool, not the wrapper
+    command, preexec = limited_command(["pdftoppm", "-v"], 2**30)
+    assert command[-2:] == ["pdftoppm", "-v"]
+    assert (preexec is None) == (PRLIMIT is not None)  # prlimit when installed (util-linux): vfork, no preexec_fn
+    assert limited_command(["pdftoppm"], None) == (["pdftoppm"], None)

@@ -80,9 +80,9 @@ def test_pool_and_binarize_stages_update_vectors_and_pass_error_rows_through():
     assert out.schema == schema.PAGE_SCHEMA
     rows = out.to_pylist()
     for row, raw in zip(rows[:2], arrays, strict=True):
-        pooled = schema.decode_embedding(row["embedding"])
+        pooled = schema.decode_embedding(row["embedding"], 128)
         assert row["n_vectors"] == pooled.shape[0] <= len(raw) // 3
-        np.testing.assert_array_equal(schema.decode_binary(row["binary"]), binarize(pooled))
+        np.testing.assert_array_equal(schema.decode_binary(row["binary"], 128), binarize(pooled))
     assert rows[2]["embedding"] is None and rows[2]["binary"] is None and rows[2]["error_type"] == "corrupt"
 
 
@@ -94,10 +94,10 @@ def test_rerank_vectors_are_pooled_separately_from_the_raw_vectors(pool_factor, 
     pooler = HierarchicalTokenPooler()
     for row, raw in zip(out[:2], arrays, strict=True):
         raw16 = raw.astype("<f2").astype(np.float32)  # the embed stage's stored vectors
-        candidates = schema.decode_embedding(row["embedding"])
+        candidates = schema.decode_embedding(row["embedding"], 128)
         np.testing.assert_array_equal(candidates, pool_vectors(pooler, raw16, pool_factor).astype("<f2"))
-        np.testing.assert_array_equal(schema.decode_binary(row["binary"]), binarize(candidates))
-        rerank = schema.decode_embedding(row["rerank_embedding"])
+        np.testing.assert_array_equal(schema.decode_binary(row["binary"], 128), binarize(candidates))
+        rerank = schema.decode_embedding(row["rerank_embedding"], 128)
         np.testing.assert_array_equal(rerank, pool_vectors(pooler, raw16, rerank_pool_factor).astype("<f2"))
         assert row["n_rerank_vectors"] == len(rerank) and row["n_vectors"] == len(candidates)
     assert out[2]["rerank_embedding"] is None and out[2]["n_rerank_vectors"] is None

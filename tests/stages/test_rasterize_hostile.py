@@ -2,9 +2,16 @@
 and floods ending as error rows within their time limits, one reused pdfium worker, the renderer recorded."""
 
 import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import time
+import zlib
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -86,18 +93,42 @@ def test_bombs_and_floods_end_within_their_time_limit(stage, hostile_dir, name):
 
 
 def test_one_pdfium_worker_serves_every_document_and_restarts_after_a_kill(shared_corpus, hostile_dir):
-    stage = RasterizeStage(max_pixels=BUDGET, renderer="pdfium", timeout_s=2, extract_text=False)
+    # A limit no other test uses: this process's worker for it is this test's alone.
+    stage = RasterizeStage(
+        max_pixels=BUDGET, renderer="pdfium", timeout_s=2, extract_text=False, pdfium_memory_limit_mb=1000
+    )
     try:
         for name in ["001-trivial_minimal-document.pdf", "004-pdflatex-4-pages_pdflatex-4-pages.pdf"]:
             rows = stage.rasterize_document((shared_corpus / name).as_uri())
             assert rows and all(r.get("error_type") is None and r["renderer"] == "pdfium" for r in rows)
-        assert stage._pdfium.starts == 1
-        pid = stage._pdfium.pid
+        starts, pid = stage._pdfium.starts, stage._pdfium.pid
+        # Another stage object in this process (as Ray Data unpickles one per task) reuses the running worker.
+        other = pickle.loads(pickle.dumps(stage))
+        rows = other.rasterize_document((shared_corpus / "001-trivial_minimal-document.pdf").as_uri())
+        assert rows[0].get("error_type") is None
+        assert other._pdfium is stage._pdfium and stage._pdfium.starts == starts and stage._pdfium.pid == pid
         rows = stage.rasterize_document((hostile_dir / "render_bomb.pdf").as_uri())
-        assert rows[0]["error_type"] == "timeout"
+        assert rows[0]["error_type"] in ("timeout", "memory_limit")  # killed either way
         rows = stage.rasterize_document((shared_corpus / "001-trivial_minimal-document.pdf").as_uri())
         assert rows[0].get("error_type") is None
-        assert stage._pdfium.starts == 2 and stage._pdfium.pid != pid
+        assert stage._pdfium.starts == starts + 1 and stage._pdfium.pid != pid
+    finally:
+        stage.close()
+
+
+def test_a_renderer_over_its_memory_limit_is_a_memory_limit_row(hostile_dir):
+    """A real renderer, not a fake child: the pdfium worker builds the render bomb's display list (~300 bytes a
+    path) until RLIMIT_AS stops it; the page becomes a ``memory_limit`` row well before its timeout, and the
+    next document gets a fresh worker."""
+    stage = RasterizeStage(max_pixels=BUDGET, renderer="pdfium", timeout_s=60, pdfium_memory_limit_mb=192)
+    try:
+        started = time.monotonic()
+        [row] = stage.rasterize_document((hostile_dir / "render_bomb.pdf").as_uri())
+        assert time.monotonic() - started < 30  # the memory bound, not the 60 s timeout, ended it
+        assert row["error_type"] == "memory_limit" and row["page_number"] == 1
+        assert "memory limit of 192 MiB" in row["error_message"], row["error_message"]
+        rows = stage.rasterize_document((hostile_dir / "count_overflow.pdf").as_uri())
+        assert rows[0].get("error_type") is None and hostile.MARKER_TEXT in rows[0]["text"]
     finally:
         stage.close()
 
@@ -135,11 +166,40 @@ def test_unknown_renderer_is_a_config_error():
 
 
 def test_a_pickled_stage_carries_no_worker(shared_corpus):
-    import pickle
-
     stage = RasterizeStage(max_pixels=BUDGET, renderer="pdfium")
     stage.rasterize_document((shared_corpus / "001-trivial_minimal-document.pdf").as_uri())
     copy = pickle.loads(pickle.dumps(stage))
     assert copy._pdfium is None and stage._pdfium is not None
     assert copy == stage
     stage.close()
+
+
+@pytest.mark.parametrize(("value", "size"), [(0, 3 * 2**20 + 123), (0x80, 2**20), (255, 17)])
+def test_constant_flate_bombs_decompress_to_exactly_their_bytes(value, size):
+    data = hostile.constant_flate(value, size)
+    assert zlib.decompress(data) == bytes([value]) * size  # zlib checks the Adler-32 trailer too
+    assert len(data) < size / 500 + 64
+
+
+def test_a_killed_job_leaves_no_pdfium_worker_behind_even_mid_render(hostile_dir):
+    """The worker notices its parent's death within a second, though it is busy in the render bomb (a closed
+    stdin would only be seen between requests)."""
+    code = (
+        "import sys; from pathlib import Path; from pipelines.render.pdfium import PdfiumWorker\n"
+        "w = PdfiumWorker(4 * 2**30); p = Path(sys.argv[1]); info = w.open(p, 60); print(w.pid, flush=True)\n"
+        "w.render(p, 1, 1, (100, 100), info.sizes[0], 600)\n"
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-c", code, str(hostile_dir / "render_bomb.pdf")], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(job.stdout.readline())
+    time.sleep(0.5)  # the worker is inside the page now
+    job.kill()
+    job.wait()
+    deadline = time.monotonic() + 10  # at 4 GiB the bomb's memory bound would take far longer than this
+    while time.monotonic() < deadline and psutil.pid_exists(worker):
+        time.sleep(0.1)
+    alive = psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive

@@ -31,7 +31,7 @@ def doc_rows(source_uri: str, n_pages: int, version: int = 0, seed: int = 0) -> 
     rows = []
     for number in range(1, n_pages + 1):
         n = int(rng.integers(4, 24))
-        vectors = rng.normal(size=(n, schema.EMBEDDING_DIM)).astype(np.float16)
+        vectors = rng.normal(size=(n, 128)).astype(np.float16)
         rows.append(
             {
                 "page_id": f"{doc_id}-p{number}",

@@ -16,6 +16,7 @@ from pipelines.vespa import app
 
 _FIELD = re.compile(r"^\s*field (\w+) type (.+?) \{", re.M)
 _TENSOR = re.compile(r"tensor<(\w+)>\((\w+)\{\}, (\w+)\[(\d+)\]\)")
+_DENSE = re.compile(r"tensor<(\w+)>\((\w+)\[(\d+)\]\)")
 _HEX_DIGITS_PER_CELL = {"int8": 2, "bfloat16": 4, "float": 8}
 
 
@@ -52,7 +53,23 @@ def validator(settings: app.VespaAppSettings | None = None):
     return check
 
 
+def _check_dense(name: str, cell_type: str, size: int, value) -> list[str]:
+    """Vespa's JSON for an indexed tensor: ``{"values": <hex string> | [cells]}``."""
+    cells = value.get("values") if isinstance(value, dict) else None
+    if isinstance(cells, str):
+        if len(cells) != size * _HEX_DIGITS_PER_CELL[cell_type] or not re.fullmatch(r"[0-9a-fA-F]+", cells):
+            return [f"{name}: hex string of wrong length or alphabet ({len(cells)} chars)"]
+        return []
+    if isinstance(cells, list):
+        return [] if len(cells) == size else [f"{name}: {len(cells)} cells, expected {size}"]
+    return [f"{name}: expected {{'values': hex string or list}}"]
+
+
 def _check_tensor(name: str, kind: str, value) -> list[str]:
+    dense = _DENSE.fullmatch(kind)
+    if dense is not None:
+        cell_type, _, size = dense.groups()
+        return _check_dense(name, cell_type, int(size), value)
     cell_type, _, _, size = _TENSOR.fullmatch(kind).groups()
     size = int(size)
     if not isinstance(value, dict) or not value:

@@ -78,6 +78,29 @@ def test_rank_profiles_use_the_independently_evaluated_expressions(schema_text):
     assert re.search(r"first-phase \{\s*expression \{\s*max_sim_float\s*\}", float_profile)
 
 
+def test_one_vector_fields_and_profiles(schema_text):
+    from pipelines.muvera import MuveraSettings
+
+    dim = MuveraSettings().dim(128)
+    page = block(schema_text, "field page_embedding type tensor<bfloat16>(x[128])")
+    muvera = block(schema_text, f"field muvera_embedding type tensor<bfloat16>(x[{dim}])")
+    assert "indexing: attribute | index" in page and "distance-metric: prenormalized-angular" in page
+    assert "indexing: attribute | index" in muvera and "distance-metric: dotproduct" in muvera
+    assert "paged" not in page + muvera  # HNSW needs the vectors in memory
+    binary = block(schema_text, "rank-profile binary")
+    assert f"query(qm) tensor<float>(x[{dim}])" in binary and "query(qp) tensor<float>(x[128])" in binary
+    assert rank_eval.MUVERA_SIMILARITY in binary and rank_eval.PAGE_SIMILARITY in binary
+    for name, similarity in (("muvera", "muvera_similarity"), ("page_vector", "page_similarity")):
+        profile = block(schema_text, f"rank-profile {name} inherits two_phase")
+        assert re.search(rf"first-phase \{{\s*expression \{{\s*{similarity}\s*\}}", profile)
+        assert "second-phase" not in profile  # two_phase's exact MaxSim, inherited
+    similar = block(schema_text, "rank-profile similar_pages inherits binary")
+    assert re.search(r"first-phase \{\s*expression \{\s*page_similarity\s*\}", similar)
+    wide = app.package_files(app.VespaAppSettings(embedding_dim=320, muvera_dim=1000))["schemas/pdf_page.sd"]
+    assert "field muvera_embedding type tensor<bfloat16>(x[1000])" in wide
+    assert "field page_embedding type tensor<bfloat16>(x[320])" in wide
+
+
 def test_single_node_services():
     root = ET.fromstring(app.package_files(app.VespaAppSettings())["services.xml"].split("?>", 1)[1])
     container = root.find("container")

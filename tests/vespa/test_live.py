@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines import index, schema
+from pipelines.search import LocalIndex
 from pipelines.vespa import app, query, remove, replay
 from pipelines.vespa import deploy as deploy_vespa
 from pipelines.vespa.client import VespaEndpoint
@@ -44,12 +45,20 @@ def test_deploy_feed_and_self_ranking(live_index):
     try:
         page_ids = pages.column("page_id").to_pylist()
         queries = [
-            (schema.decode_embedding(buf).astype(np.float32), None) for buf in pages.column("embedding").to_pylist()
+            (schema.decode_embedding(buf, schema.table_dim(pages)).astype(np.float32), None)
+            for buf in pages.column("embedding").to_pylist()
         ]
-        for profile in ("two_phase", "two_phase_unpacked", "float"):
-            results = query.search(endpoint, queries, profile, 3, query.VespaQuerySettings(target_hits=50))
+        # The one-vector profiles retrieve every page here (page_target_hits >= pages): their exact rerank decides.
+        settings = query.VespaQuerySettings(target_hits=50, page_target_hits=100)
+        for profile in ("two_phase", "two_phase_unpacked", "float", "hybrid", "muvera", "page_vector"):
+            results = query.search(endpoint, queries, profile, 3, settings)
             for page_id, hits in zip(page_ids, results, strict=True):
                 assert hits and hits[0]["page_id"] == page_id, (profile, page_id, hits[:3])
+        # Pages like page 0: the same pages, in the same order, as the local index finds by page-vector cosine.
+        local = LocalIndex(pages)
+        own = np.frombuffer(pages.column("page_embedding")[0].as_py(), "<f2").astype(np.float32)
+        similar = query.similar_pages(endpoint, own, 5, settings, exclude_page_id=page_ids[0])
+        assert [h["page_id"] for h in similar] == [page_ids[h.page_index] for h in local.similar_pages(0, 5)]
     finally:
         for doc_id in set(pages.column("doc_id").to_pylist()):
             remove.delete_where(endpoint, "doc_id", doc_id, FeedSettings())

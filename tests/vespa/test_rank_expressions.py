@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines import schema
+from pipelines.muvera import MuveraSettings, mean_vector
 from pipelines.search import LocalIndex
 from pipelines.stages.compress import binarize
 from pipelines.vespa import documents, query
@@ -15,7 +16,7 @@ from tests.vespa import rank_eval
 
 def synthetic_pages(rng: np.random.Generator, n_pages: int = 10) -> tuple[pa.Table, list[np.ndarray]]:
     """Pages of unit vectors around a few shared 'topics', so pages overlap but differ (like real pages)."""
-    topics = rng.normal(size=(6, schema.EMBEDDING_DIM))
+    topics = rng.normal(size=(6, 128))
     rows, page_vectors = [], []
     for i in range(n_pages):
         n = int(rng.integers(8, 40))
@@ -93,7 +94,7 @@ def with_rerank_vectors(pages: pa.Table, rng: np.random.Generator) -> tuple[pa.T
     """``pages`` plus a ``rerank_embedding`` column: more (stand-in unpooled) float vectors per page."""
     rerank = []
     for cell in pages.column("embedding").to_pylist():
-        pooled = schema.decode_embedding(cell).astype(np.float32)
+        pooled = schema.decode_embedding(cell, 128).astype(np.float32)
         extra = pooled[rng.integers(0, len(pooled), 2 * len(pooled))] + rng.normal(
             scale=0.2, size=(2 * len(pooled), 128)
         )
@@ -115,7 +116,7 @@ def test_separate_rerank_vectors_are_fed_as_embedding_float_and_rerank_like_the_
     docs = list(documents.iter_documents(pages, documents.DocumentSettings()))
     for doc, vectors, binary in zip(docs, rerank, pages.column("binary").to_pylist(), strict=True):
         assert len(doc["fields"]["embedding_float"]) == len(vectors)
-        assert len(doc["fields"]["embedding"]) == len(schema.decode_binary(binary)) < len(vectors)
+        assert len(doc["fields"]["embedding"]) == len(schema.decode_binary(binary, 128)) < len(vectors)
     local = LocalIndex(pages)
     qt, _ = wire_inputs(body)
     vespa = [
@@ -196,3 +197,93 @@ def test_query_body_has_one_nearest_neighbor_per_token_up_to_the_limit():
     assert exhaustive["yql"].endswith("where true") and "input.query(rq0)" not in exhaustive
     hybrid = query.build_query_body(q, "hybrid", 3, query.VespaQuerySettings(), "pdf_page", text="revenue")
     assert hybrid["yql"].endswith("OR userQuery()") and hybrid["query"] == "revenue"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One vector per page: muvera, page_vector, similar_pages
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: Small encodings keep the literal evaluation quick; the query builder and the local index are given the same.
+MUVERA = MuveraSettings(repetitions=3, simhash_bits=2, projection_dim=8)
+
+
+def with_page_vectors(pages: pa.Table) -> pa.Table:
+    """``pages`` plus ``page_embedding`` and ``muvera_embedding`` as the pool stage writes them."""
+    means, encodings = [], []
+    for cell in pages.column("embedding").to_pylist():
+        vectors = schema.decode_embedding(cell, 128).astype(np.float32)
+        means.append(mean_vector(vectors).astype("<f2").tobytes())
+        encodings.append(MUVERA.encoder(128).document(vectors).astype("<f2").tobytes())
+    for name, values in (("page_embedding", means), ("muvera_embedding", encodings)):
+        pages = pages.append_column(schema.PAGE_SCHEMA.field(name), pa.array(values, pa.binary()))
+    return pages
+
+
+@pytest.fixture(scope="module")
+def single(data):
+    pages, q, _, _ = data
+    pages = with_page_vectors(pages)
+    docs = list(documents.iter_documents(pages, documents.DocumentSettings()))
+    stored = {f"id:pdf_page:pdf_page::{d['id']}": d["fields"] for d in docs}
+    return pages, q, docs, stored
+
+
+def test_page_vectors_are_fed_as_dense_bfloat16_hex(single):
+    pages, _, docs, _ = single
+    for doc, mean, encoding in zip(
+        docs, pages.column("page_embedding").to_pylist(), pages.column("muvera_embedding").to_pylist(), strict=True
+    ):
+        for field, cell in (("page_embedding", mean), ("muvera_embedding", encoding)):
+            stored = np.frombuffer(cell, "<f2").astype(np.float32)
+            fed = rank_eval.dense_bfloat16_tensor(doc["fields"][field])
+            assert len(fed) == len(stored)
+            np.testing.assert_allclose(fed, stored, rtol=2**-8, atol=1e-30)
+
+
+@pytest.mark.parametrize("profile", ["muvera", "page_vector"])
+@pytest.mark.parametrize("retrieval", ["nearest_neighbor", "all"])
+def test_one_vector_profiles_through_the_search_stand_in_equal_local(single, profile, retrieval):
+    pages, q, _, stored = single
+    settings = query.VespaQuerySettings(page_target_hits=6, retrieval=retrieval)
+    body = query.build_query_body(q, profile, 4, settings, "pdf_page", rerank_count=3, muvera=MUVERA)
+    field, name = query.SINGLE_VECTOR_PROFILES[profile]
+    expected_input = MUVERA.encoder(128).query(q) if profile == "muvera" else mean_vector(q)
+    np.testing.assert_allclose(body[f"input.query({name})"], expected_input, rtol=1e-6)
+    assert "input.query(qtb)" not in body and "input.query(rq0)" not in body
+    if retrieval == "all":
+        assert body["yql"].endswith("where true")
+    else:
+        assert body["yql"].endswith(
+            f"where ({{targetHits:6,hnsw.exploreAdditionalHits:300}}nearestNeighbor({field},{name}))"
+        )
+    answer = rank_eval.search_handler(stored)(body)
+    hits = query.parse_hits(answer)
+    local = LocalIndex(pages, muvera=MUVERA)
+    expected = local.search(q, 3, profile, 3, retrieval=retrieval, page_target_hits=6)
+    # The top 3 re-ranked, then the 4th by the first phase, below them (the local search re-ranks at least top_k).
+    assert [h["page_id"] for h in hits[:3]] == [pages.column("page_id")[h.page_index].as_py() for h in expected]
+    np.testing.assert_allclose([h["score"] for h in hits[:3]], [h.score for h in expected], rtol=1e-2)
+    first = local.single_vector_scores(q, profile)
+    matched = np.argsort(-first)[:6] if retrieval == "nearest_neighbor" else np.arange(len(pages))
+    fourth = matched[np.argsort(-first[matched])][3]
+    assert hits[3]["page_id"] == pages.column("page_id")[int(fourth)].as_py() and hits[3]["score"] < hits[2]["score"]
+    assert answer["root"]["fields"]["totalCount"] == (6 if retrieval == "nearest_neighbor" else len(pages))
+
+
+def test_similar_pages_body_ranks_other_pages_like_the_local_index(single):
+    pages, _, _, stored = single
+    own = np.frombuffer(pages.column("page_embedding")[2].as_py(), "<f2").astype(np.float32)
+    page_id = pages.column("page_id")[2].as_py()
+    body = query.build_similar_pages_body(own, 4, query.VespaQuerySettings(), "pdf_page", exclude_page_id=page_id)
+    assert body["ranking.profile"] == "similar_pages" and f'!(page_id contains "{page_id}")' in body["yql"]
+    hits = query.parse_hits(rank_eval.search_handler(stored)(body))
+    expected = LocalIndex(pages).similar_pages(2, top_k=4)
+    assert [h["page_id"] for h in hits] == [pages.column("page_id")[h.page_index].as_py() for h in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in expected], rtol=1e-2)
+
+
+def test_hybrid_body_adds_the_words_with_weak_and(data):
+    q = data[1]
+    body = query.build_query_body(q, "hybrid", 3, query.VespaQuerySettings(), "pdf_page", text="revenue by region")
+    assert body["yql"].endswith(" OR userQuery()") and body["model.type"] == "weakAnd"
+    assert body["query"] == "revenue by region"

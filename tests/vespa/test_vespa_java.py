@@ -51,7 +51,7 @@ def query_vectors(index: Path, queries_file: Path) -> list[np.ndarray]:
 
 def long_query() -> np.ndarray:
     """70 random unit tokens: more than the 64 ``query(rqN)`` inputs."""
-    vectors = np.random.default_rng(5).normal(size=(70, schema.EMBEDDING_DIM))
+    vectors = np.random.default_rng(5).normal(size=(70, 128))
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -83,7 +83,7 @@ def put_operation(fields: dict, page_id: str, binary: np.ndarray, vectors: np.nd
 
 def rerank_vectors(row: dict) -> np.ndarray:
     """The page's float re-ranking vectors as the index stores them (unpooled with the default pooling)."""
-    return schema.decode_embedding(documents.rerank_vectors(row))
+    return schema.decode_embedding(documents.rerank_vectors(row), schema.row_dim(row))
 
 
 def broken_package(root: Path) -> Path:
@@ -110,17 +110,20 @@ def verified(sample_index, sample_corpus, tmp_path_factory):
     for name, path in packages.items():
         shutil.copytree(REPO / "infra" / "vespa" / name, path)
     packages["broken"] = broken_package(work / "broken")
+    # The package for a 320-d model (ColQwen3): its tensor types follow the width (#14).
+    app.write_package(app.VespaAppSettings(embedding_dim=320), work / "dim320")
+    packages["dim320"] = work / "dim320"
 
     settings = documents.DocumentSettings()
     operations, ranked = [], []
     for row, doc in zip(pages.to_pylist(), documents.iter_documents(pages, settings), strict=True):
-        binary, vectors = schema.decode_binary(row["binary"]), rerank_vectors(row)
+        binary, vectors = schema.decode_binary(row["binary"], schema.row_dim(row)), rerank_vectors(row)
         operations.append(put_operation(doc["fields"], doc["id"], binary, vectors.astype(np.float32), "nearest"))
         ranked.append(vespa_id(doc["id"]))
     list_settings = documents.DocumentSettings(form="list")
     for row in pages.to_pylist()[:LIST_FORM_PAGES]:
         doc = documents.page_document(row, list_settings)
-        binary, vectors = schema.decode_binary(row["binary"]), rerank_vectors(row)
+        binary, vectors = schema.decode_binary(row["binary"], schema.row_dim(row)), rerank_vectors(row)
         page_id = f"{doc['id']}-list"
         operations.append(put_operation(doc["fields"], page_id, binary, vectors.astype(np.float32), "truncated"))
     operations += [{"op": "remove", "id": vespa_id(p)} for p in pages.column("page_id").to_pylist()[:2]]
@@ -129,10 +132,7 @@ def verified(sample_index, sample_corpus, tmp_path_factory):
         remove.selection(app.SCHEMA_NAME, "doc_id", first_doc),
         remove.selection(app.SCHEMA_NAME, "source_uri", QUOTED_URI),
     ]
-    bodies = [
-        json.dumps(query.build_query_body(q, "two_phase", 10, query.VespaQuerySettings(), app.SCHEMA_NAME))
-        for q in [*queries, long_query()]
-    ]
+    bodies = [json.dumps(ranking_body(q)) for q in [*queries, long_query()]]
     request = {
         "packages": {name: str(path) for name, path in packages.items()},
         "feed": {"package": "app", "operations": operations, "selections": selections},
@@ -149,6 +149,17 @@ def verified(sample_index, sample_corpus, tmp_path_factory):
     except vespa_java.VespaJavaError as exc:
         pytest.fail(str(exc), pytrace=False)
     return {"result": result, "pages": pages, "local": local, "queries": queries, "first_doc": first_doc}
+
+
+def ranking_body(q: np.ndarray) -> dict:
+    """One body with every query input our builder sends: ``two_phase``'s, plus the ``query(qm)`` and ``query(qp)``
+    of the one-vector profiles (every profile declares them all), so each profile's phases are scored from it."""
+    settings = query.VespaQuerySettings()
+    body = query.build_query_body(q, "two_phase", 10, settings, app.SCHEMA_NAME)
+    for profile in ("muvera", "page_vector"):
+        single = query.build_query_body(q, profile, 10, settings, app.SCHEMA_NAME)
+        body |= {k: v for k, v in single.items() if k.startswith("input.")}
+    return body
 
 
 def profile_names(schema_text: str) -> set[str]:
@@ -181,11 +192,34 @@ def test_multinode_indexes_on_the_feed_cluster(verified):
 def test_embedding_attributes_are_derived_as_intended(verified):
     attributes = {a["name"]: a for a in verified["result"]["packages"]["app"]["attributes"]}
     binary, floats = attributes[app.BINARY_FIELD], attributes[app.FLOAT_FIELD]
-    assert binary["tensortype"] == app.BINARY_TENSOR.replace(" ", "") and binary["distancemetric"] == "HAMMING"
+    tensors = app.VespaAppSettings().tensors
+    assert binary["tensortype"] == tensors.binary.replace(" ", "") and binary["distancemetric"] == "HAMMING"
     assert binary["index"]["hnsw"]["enabled"] and binary["index"]["hnsw"]["maxlinkspernode"] == 32
     assert not binary["paged"]
-    assert floats["tensortype"] == app.FLOAT_TENSOR.replace(" ", "") and floats["paged"]
+    assert floats["tensortype"] == tensors.float.replace(" ", "") and floats["paged"]
     assert not floats["index"]["hnsw"]["enabled"]
+    # One vector per page: in memory with HNSW, dot-product metrics (normalised means: prenormalized-angular).
+    settings = app.VespaAppSettings()
+    for field, dim, metric in (
+        (app.PAGE_VECTOR_FIELD, tensors.dim, "PRENORMALIZED_ANGULAR"),
+        (app.MUVERA_FIELD, settings.muvera_tensor_dim, "DOTPRODUCT"),
+    ):
+        attribute = attributes[field]
+        assert attribute["tensortype"] == f"tensor<bfloat16>(x[{dim}])" and attribute["distancemetric"] == metric
+        assert attribute["index"]["hnsw"]["enabled"] and not attribute["paged"]
+
+
+def test_a_320_dim_package_builds_with_its_own_tensor_types(verified):
+    report = verified["result"]["packages"]["dim320"]
+    assert report["ok"], report.get("error")
+    attributes = {a["name"]: a for a in report["attributes"]}
+    assert attributes[app.BINARY_FIELD]["tensortype"] == "tensor<int8>(patch{},v[40])"
+    assert attributes[app.BINARY_FIELD]["distancemetric"] == "HAMMING"
+    assert attributes[app.FLOAT_FIELD]["tensortype"] == "tensor<bfloat16>(patch{},v[320])"
+    props = dict(reversed(report["rank_profiles"]["two_phase"]))
+    assert props["vespa.type.query.qt"] == "tensor<float>(querytoken{},v[320])"
+    assert props["vespa.type.query.qtb"] == "tensor<int8>(querytoken{},v[40])"
+    assert props["vespa.type.query.rq0"] == "tensor<int8>(v[40])"
 
 
 def test_rank_profiles_compile_with_inheritance_and_declared_inputs(verified):
@@ -195,14 +229,21 @@ def test_rank_profiles_compile_with_inheritance_and_declared_inputs(verified):
     for name in ("binary", "two_phase", "two_phase_unpacked", "hybrid", "float"):
         props = profiles[name]
         # Inherited inputs: all 64 per-token query tensors, and both MaxSim inputs.
-        assert props["vespa.type.query.qt"] == app.QUERY_FLOAT_TENSOR.replace(" ", "")
-        assert props["vespa.type.query.qtb"] == app.QUERY_BINARY_TENSOR.replace(" ", "")
+        assert props["vespa.type.query.qt"] == app.VespaAppSettings().tensors.query_float.replace(" ", "")
+        assert props["vespa.type.query.qtb"] == app.VespaAppSettings().tensors.query_binary.replace(" ", "")
         assert sum(k.startswith("vespa.type.query.rq") for k in props) == 64
         assert "rankingExpression(max_sim_unpacked).rankingScript" in props  # inherited functions
         assert "rankingExpression(max_sim_float).rankingScript" in props
     for name in ("two_phase", "two_phase_unpacked"):
         assert profiles[name]["vespa.rank.firstphase"] == "rankingExpression(max_sim_binary)"
         assert profiles[name]["vespa.hitcollector.heapsize"] == "200"  # rerank-count
+    for name, similarity in (("muvera", "muvera_similarity"), ("page_vector", "page_similarity")):
+        # two_phase's second phase and rerank-count, inherited; their own first phase.
+        assert profiles[name]["vespa.rank.firstphase"] == f"rankingExpression({similarity})"
+        assert profiles[name]["vespa.rank.secondphase"] == "rankingExpression(max_sim_float)"
+        assert profiles[name]["vespa.hitcollector.heapsize"] == "200"
+    assert profiles["similar_pages"]["vespa.rank.firstphase"] == "rankingExpression(page_similarity)"
+    assert "vespa.rank.secondphase" not in profiles["similar_pages"]
     assert profiles["two_phase"]["vespa.rank.secondphase"] == "rankingExpression(max_sim_float)"
     assert profiles["two_phase_unpacked"]["vespa.rank.secondphase"] == "rankingExpression(max_sim_unpacked)"
     assert profiles["float"]["vespa.rank.firstphase"] == "rankingExpression(max_sim_float)"
@@ -232,13 +273,12 @@ def test_feed_documents_are_read_by_vespas_json_reader_with_the_cells_we_started
     n_rerank = pages.column("n_rerank_vectors").to_pylist()
     assert all(r > n for r, n in zip(n_rerank, n_vectors, strict=True))
     sizes = list(zip(n_vectors, n_rerank, strict=True))
+    tensors = app.VespaAppSettings(embedding_dim=schema.table_dim(pages)).tensors
     for op, (n, n_float) in zip(puts, sizes + sizes[:LIST_FORM_PAGES], strict=True):
         binary, floats = op["fields"][app.BINARY_FIELD], op["fields"][app.FLOAT_FIELD]
-        assert binary["type"] == app.BINARY_TENSOR.replace(" ", "") and floats["type"] == app.FLOAT_TENSOR.replace(
-            " ", ""
-        )
+        assert binary["type"] == tensors.binary.replace(" ", "") and floats["type"] == tensors.float.replace(" ", "")
         assert binary["subspaces"] == n and floats["subspaces"] == n_float
-        assert binary["mismatches"] == 0 and binary["cells"] == n * schema.BINARY_BYTES
+        assert binary["mismatches"] == 0 and binary["cells"] == n * schema.binary_bytes(tensors.dim)
         # hex: exactly our round-to-nearest-even bfloat16 bits; list: Vespa truncates the floats to bfloat16.
         assert floats["mismatches"] == 0, floats.get("first_mismatch")
         bound = 2**-7 if op["id"].endswith("-list") else 2**-8  # truncation: one unit, rounding: half a unit
@@ -261,9 +301,9 @@ def test_selection_deletes_match_exactly_the_documents_pages(verified):
 
 def test_query_bodies_convert_to_the_declared_input_types(verified):
     profile = verified["result"]["rank"]["profiles"]["two_phase"]
-    # query(qt), query(qtb) and one query(rqN) per token, up to the 64 the profile declares.
-    assert profile["inputs_converted"] == [2 + min(len(q), 64) for q in verified["queries"]]
-    assert profile["inputs_only_converted"] == [2 + 64]
+    # query(qt), query(qtb), query(qm), query(qp) and one query(rqN) per token, up to the 64 the profile declares.
+    assert profile["inputs_converted"] == [4 + min(len(q), 64) for q in verified["queries"]]
+    assert profile["inputs_only_converted"] == [4 + 64]
 
 
 def test_vespa_scores_equal_local_search_scores_for_every_profile(verified):
@@ -287,18 +327,44 @@ def test_vespa_scores_equal_local_search_scores_for_every_profile(verified):
             ("hybrid", "firstphase"): (hamming, 1e-12),
             ("hybrid", "secondphase"): (exact + bm25, 1e-2),
             ("float", "firstphase"): (local.float_maxsim(q), 1e-2),
+            # Similarity maps: the first phase inherited from binary (their summary feature is checked by the fake).
+            ("similarity_map", "firstphase"): (hamming, 1e-12),
+            ("similarity_map_unpacked", "firstphase"): (hamming, 1e-12),
         }
         for (profile, phase), (scores, rtol) in expected.items():
             np.testing.assert_allclose(
                 rank[profile][phase]["scores"][i], scores, rtol=rtol, err_msg=f"{profile} {phase}"
             )
         assert len(set(np.round(hamming, 6))) > 3, "scores must vary for the comparison to mean anything"
+        # One vector per page: dot products over bfloat16 cells (Vespa) and float16 (local); MUVERA's sums of
+        # positive and negative terms can nearly cancel, so the bound is relative to the largest score.
+        muvera, page = local.single_vector_scores(q, "muvera"), local.single_vector_scores(q, "page_vector")
+        for (profile, phase), scores in {
+            ("muvera", "firstphase"): muvera,
+            ("muvera", "secondphase"): exact,
+            ("page_vector", "firstphase"): page,
+            ("page_vector", "secondphase"): exact,
+            ("similar_pages", "firstphase"): page,
+        }.items():
+            np.testing.assert_allclose(
+                rank[profile][phase]["scores"][i],
+                scores,
+                rtol=1e-2,
+                atol=1e-2 * np.abs(scores).max(),
+                err_msg=f"{profile} {phase}",
+            )
+        assert len(set(np.round(muvera, 3))) > 3 and len(set(np.round(page, 4))) > 3
     assert {p: sorted(k for k in v if k.endswith("phase")) for p, v in rank.items()} == {
         "binary": ["firstphase"],
         "two_phase": ["firstphase", "secondphase"],
         "two_phase_unpacked": ["firstphase", "secondphase"],
         "hybrid": ["firstphase", "secondphase"],
         "float": ["firstphase"],
+        "similarity_map": ["firstphase"],
+        "similarity_map_unpacked": ["firstphase"],
+        "muvera": ["firstphase", "secondphase"],
+        "page_vector": ["firstphase", "secondphase"],
+        "similar_pages": ["firstphase"],
     }
 
 

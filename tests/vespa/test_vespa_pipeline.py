@@ -72,11 +72,16 @@ def test_search_through_vespa_matches_local_search(fed, sample_corpus):
     local_hits = run_search(local_cfg)
     vespa_hits = run_search(vespa_cfg)
     assert len(local_hits) == len(vespa_hits) == 15
+    swapped = []
     for a, b in zip(local_hits, vespa_hits, strict=True):
-        assert (a["query"], a["rank"], a["page_id"]) == (b["query"], b["rank"], b["page_id"])
+        assert (a["query"], a["rank"]) == (b["query"], b["rank"])
         # two_phase re-ranks float vectors: float16 locally, bfloat16 in Vespa (relative error up to ~2^-9 per cell).
         assert a["score"] == pytest.approx(b["score"], rel=2e-3)
+        if a["page_id"] != b["page_id"]:  # only a near tie may swap (the scores above agree within the tolerance)
+            swapped.append((a["query"], a["rank"], a["page_id"], b["page_id"], a["score"], b["score"]))
+            continue
         assert a["source_uri"] == b["source_uri"] and a["page_number"] == b["page_number"]
+    assert len(swapped) <= 2, swapped
     bodies = [r.body for r in server.requests if r.path.startswith("/search/")]
     assert len(bodies) == 3
     body = json.loads(bodies[0])
