@@ -28,12 +28,13 @@ import numpy as np
 import benchmarks
 from benchmarks.common import machine_info
 
-BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "feed", "pooling", "pipeline", "scale", "gpu")
+BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "hybrid", "feed", "pooling", "pipeline", "scale", "gpu")
 SIZE_HELP = {
     "rasterize": "max pages rendered (whole documents, sample corpus first, then the shared corpus)",
     "index_size": "synthetic pages written per measured Parquet file",
     "fidelity": "pages of the synthetic set; the tiny-model set uses up to this many real pages",
     "search": "index sizes in pages, one run each (e.g. 1000 10000 100000)",
+    "hybrid": "unused (the sample corpus and its queries, indexed with the tiny test model)",
     "feed": "pages serialized per vector count",
     "pooling": "pages pooled per vector count",
     "scale": "documents in the synthetic listing and ledger, one index each (e.g. 10000 100000 1000000)",
@@ -45,6 +46,7 @@ DEFAULT_SIZES: dict[str, list[int]] = {
     "index_size": [200],
     "fidelity": [150],
     "search": [1000],
+    "hybrid": [0],
     "feed": [50],
     "pooling": [8],
     "scale": [10_000, 100_000],
@@ -73,6 +75,10 @@ def run_one(name: str, sizes: list[int], repeats: int) -> dict:
         from benchmarks.search import bench_search
 
         body = bench_search(sizes=tuple(sizes), repeats=repeats)
+    elif name == "hybrid":
+        from benchmarks.search import bench_hybrid
+
+        body = bench_hybrid()
     elif name == "feed":
         from benchmarks.feed import bench_feed
 

@@ -28,16 +28,30 @@ ENCRYPTED_PDF = "005-libreoffice-writer-password_libreoffice-writer-password.pdf
 
 
 # Under pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``) session fixtures exist once per
-# worker. Tests that share an expensive one go to the same worker, so each is set up once per run.
-XDIST_GROUPS = {"ray_cluster": "ray", "sample_index": "sample_index"}
+# worker. Tests that share an expensive one go to the same worker, so each is set up once per run. The marks
+# must be in place before xdist's own collection hook turns them into scheduling scopes (a ``@group`` suffix on
+# the node id): hence a wrapper, which also checks afterwards that the grouping took effect.
+XDIST_GROUPS = {"ray_cluster": "ray", "sample_index": "sample_index", "cluster": "ray_nodes"}
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture, group in XDIST_GROUPS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+    result = yield
+    if config.getoption("loadgroup", default=False):
+        marked = [item.nodeid for item in items if item.get_closest_marker("xdist_group")]
+        ungrouped = [nodeid for nodeid in marked if "@" not in nodeid]
+        if ungrouped:
+            msg = (
+                f"--dist loadgroup did not group {ungrouped[0]} (and {len(ungrouped) - 1} more): expensive session "
+                "fixtures would be built once per worker. Check the pytest / pytest-xdist pair (pyproject.toml)."
+            )
+            raise pytest.UsageError(msg)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,12 @@ STATUS_OF = {"SlowDown": 503, "InternalError": 500, "AccessDenied": 403}
 
 
 class MotoS3:
-    """moto's S3 on an ephemeral loopback port."""
+    """moto's S3 on an ephemeral loopback port, starting empty.
+
+    moto keeps its backends in process-wide state, so a server started after another one in the same process
+    (a later test module on the same xdist worker) would see the earlier buckets: each start resets them.
+    Servers in one process must therefore not overlap (module-scoped fixtures never do).
+    """
 
     def __init__(self):
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -31,6 +36,12 @@ class MotoS3:
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.url = f"http://{host}:{port}"
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            connection.request("POST", "/moto-api/reset")
+            assert connection.getresponse().status == 200, "moto did not reset its state"
+        finally:
+            connection.close()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,17 +17,18 @@ from pathlib import Path
 
 from benchmarks.report.common import _met, _run_line, _table
 from benchmarks.report.rasterize import _rasterize
-from benchmarks.report.speed import _feed, _pipeline, _pooling, _search, pipeline_ratios
+from benchmarks.report.speed import _feed, _hybrid, _pipeline, _pooling, _search, pipeline_ratios
 from benchmarks.report.vectors import _fidelity, _index_size
 
 __all__ = ["BENCHMARKS", "SECTIONS", "TITLES", "load_results", "main", "pipeline_ratios", "render"]
 
-BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "feed", "pooling", "pipeline", "scale")
+BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "hybrid", "feed", "pooling", "pipeline", "scale")
 TITLES = {
     "rasterize": "1. Rasterization",
     "index_size": "2. Index size",
     "fidelity": "3. Ranking fidelity",
     "search": "4. Local search speed and memory",
+    "hybrid": "4b. Does the text layer help? (hybrid on the sample queries)",
     "feed": "5. Vespa feed serialization",
     "pooling": "6. Token pooling cost",
     "pipeline": "7. Whole pipeline",
@@ -136,6 +137,7 @@ SECTIONS = {
     "index_size": _index_size,
     "fidelity": _fidelity,
     "search": _search,
+    "hybrid": _hybrid,
     "feed": _feed,
     "pooling": _pooling,
     "pipeline": _pipeline,

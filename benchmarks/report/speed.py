@@ -1,4 +1,5 @@
-"""Report sections 4 to 7: local search speed and memory, feed serialization, pooling cost, whole pipeline."""
+"""Report sections 4 to 7: local search speed and memory, hybrid ranking, feed serialization, pooling cost, whole
+pipeline."""
 
 from __future__ import annotations
 
@@ -252,7 +253,7 @@ def _pipeline(result: dict, figures: Path) -> str:
     stages = list(dict.fromkeys(s for r in runs for s in r.get("stage_seconds", {})))  # the runs' own order
     rows = [
         [
-            r["backend"],
+            r["backend"] + (f" (torch {r['threads']} thread{'s' * (r['threads'] > 1)})" if "threads" in r else ""),
             r["num_cpus"],
             f"{r['wall_seconds']:.1f}",
             f"{r['pages_per_second']:.3f}",
@@ -267,7 +268,7 @@ def _pipeline(result: dict, figures: Path) -> str:
         "1-CPU run of the same benchmark run (the jobs run one after the other, each a fresh `jobs.index` process; "
         "see `benchmarks/pipeline.py`). Stage seconds are each run's own split (Ray: summed over workers).",
         "",
-        _table(["backend", "CPUs", "wall s", "pages/s", "× local 1-CPU"] + [f"{s} s" for s in stages], rows),
+        _table(["backend", "CPUs", "wall s", "pages/s", "× baseline"] + [f"{s} s" for s in stages], rows),
     ]
     base = next(r for r in runs if r["baseline_run"])
     staged = sum(base.get("stage_seconds", {}).values())
@@ -276,8 +277,11 @@ def _pipeline(result: dict, figures: Path) -> str:
         "is what a whole job pays besides the stages (imports, model loading, Ray start-up where used, listing, "
         "accounting), which dominates at this corpus size.\n"
     )
+    text += _pipeline_details(data)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.0))
-    labels = [f"{r['backend']}\n{r['num_cpus']} CPU" for r in runs]
+    labels = [
+        f"{r['backend']}\n{r['num_cpus']} CPU" + (f", {r['threads']} thr" if "threads" in r else "") for r in runs
+    ]
     left.bar(labels, [r["ratio"] for r in runs], color=[BASE if r["baseline_run"] else OURS for r in runs])
     left.axhline(1.0, color=BASE, linewidth=1)
     left.set_ylabel("pages/s ÷ local 1-CPU")
@@ -292,4 +296,86 @@ def _pipeline(result: dict, figures: Path) -> str:
     right.set_ylabel("share of stage seconds")
     right.legend(fontsize=6)
     text.append(_save(fig, figures, "pipeline"))
+    return "\n".join(text)
+
+
+def _pipeline_details(data: dict) -> list[str]:
+    """Ray vs loop ratios, Ray Data's per-operator utilization, job start-up and the embed actor's time split, for
+    whichever of them the run recorded (benchmarks.pipeline)."""
+    from benchmarks.pipeline import ray_vs_loop
+
+    text = []
+    for n, ratios in ray_vs_loop(data).items():
+        text.append(
+            f"Ray over the loop at {n} CPUs: **{_x(ratios['vs_default_loop'])}** the loop's default run (torch "
+            f"threads = CPUs), **{_x(ratios['vs_fastest_loop'])}** its fastest run.\n"
+        )
+    for run in data["runs"]:
+        if not run.get("operators"):
+            continue
+        rows = [
+            [
+                " → ".join(op["stages"]),
+                op["kind"],
+                op.get("workers") or "–",
+                op["tasks"],
+                f"{op['busy_s']:.1f}",
+                f"{op['busy']:.0%}",
+                f"{op.get('idle', 0):.0%}" if op["kind"] == "actors" else "–",
+                f"{op['backpressured']:.0%}",
+            ]
+            for op in run["operators"]
+        ]
+        text.append(
+            f"Ray Data's per-operator figures for the Ray run at {run['num_cpus']} CPUs (busy = running tasks or "
+            "actor calls over the operator's wall time; backpressured = time Ray Data held back new submissions):"
+        )
+        text.append(_table(["operator", "kind", "actors", "tasks", "busy s", "busy", "idle", "backpressured"], rows))
+    startup = data.get("startup")
+    if startup:
+        rows = [
+            [r["code"], r["backend"], f"{r['wall_seconds']:.1f}", f"{r['cpu_seconds']:.2f}"] for r in startup["runs"]
+        ]
+        text.append(f"Job start-up (a one-page job, {startup['num_cpus']} CPUs; code `now` against older checkouts):")
+        text.append(_table(["code", "backend", "wall s", "driver CPU s"], rows))
+        for label, ratio in startup.get("ratios", {}).items():
+            parts = ", ".join(f"{backend} {_x(v['wall'])} wall, {_x(v['cpu'])} CPU" for backend, v in ratio.items())
+            text.append(f"`{label}` ÷ `now`: {parts}.\n")
+    split = data.get("embed_split")
+    if split:
+        keys = ["preprocess_s_per_page", "collate_s_per_page", "forward_s_per_page", "actor_cpu_s_per_page"]
+        rows = [[when, *[f"{1000 * split[when][key]:.1f}" for key in keys]] for when in ("before", "now")]
+        text.append(
+            f"Embed actor time per page over {split['pages']} pages (`{split['model']}`; `before`: the actor "
+            "preprocesses each image itself; `now`: the CPU stage did, "
+            f"{1000 * split['now']['preprocess_stage_s_per_page']:.1f} ms/page there). The actor does "
+            f"**{_x(split['actor_ratio'])}** less CPU work per page:"
+        )
+        text.append(_table(["layout", "preprocess ms", "collate ms", "forward ms", "actor CPU ms"], rows))
+    return text
+
+
+def _hybrid(result: dict, figures: Path) -> str:
+    """benchmarks.search.bench_hybrid: each profile's metrics over the sample corpus's qrels."""
+    res, params = result["results"], result["params"]
+    metrics = res["metrics"]
+    names = list(next(iter(metrics.values())))
+    rows = [[profile, *[f"{m[name]:.3f}" for name in names]] for profile, m in metrics.items()]
+    text = [
+        f"The sample corpus ({res['pages']} pages) and its {res['queries']} queries, each answered by one page "
+        f"(qrels from the generator), indexed with model `{params['model']}` (deployed defaults: rerank "
+        f"{params['rerank_count']}, target_hits {params['target_hits']}); metrics by ir-measures as `jobs.evaluate`. "
+        f"{res.get('queries_answered_by_a_page_without_text', 0)} queries are answered by a page without a text "
+        "layer (a scan), which BM25 cannot find.",
+        "",
+        _table(["profile", *names], rows),
+    ]
+    if params["model"] == "tiny":
+        text.append(
+            "`tiny` is a random-weight TEST model, so its vectors carry no meaning: here the text layer is all the "
+            "signal there is, and the table shows the fusion passes it through (linear fusion with Vespa's weights "
+            "keeps BM25's answers; reciprocal rank fusion gives the random MaxSim ranking an equal say and ranks them "
+            "lower). Whether the text layer helps a real ColPali model needs a real checkpoint: call "
+            "`benchmarks.search.bench_hybrid(model=<registry name>)` where one is available.\n"
+        )
     return "\n".join(text)

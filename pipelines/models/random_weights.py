@@ -32,15 +32,6 @@ ARCHITECTURES = pathlib.Path(__file__).parent / "architectures"
 #: Written last into a built processor directory: its presence means "complete".
 MARKER_NAME = ".complete"
 _RECIPE_VERSION = 1
-#: The special tokens Idefics3's processor looks up (image markers, tile position tags, end of turn).
-_IDEFICS3_SPECIAL_TOKENS = [
-    "<|im_start|>",
-    "<end_of_utterance>",
-    "<fake_token_around_image>",
-    "<image>",
-    "<global-img>",
-    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
-]
 
 
 def available() -> list[str]:
@@ -89,13 +80,7 @@ def build_processor(spec: registry.ModelSpec):
         )
         return processor_cls(image_processor=image_processor, tokenizer=tokenizer)
     if kind == "smollm":
-        tokenizer = tiny.byte_level_tokenizer(
-            [*_IDEFICS3_SPECIAL_TOKENS, "<|im_end|>"],
-            bos_token="<|im_start|>",
-            eos_token="<end_of_utterance>",
-            pad_token="<|im_end|>",
-            padding_side="left",
-        )
+        tokenizer = tiny.smollm_tokenizer()
         return processor_cls(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=arch["image_seq_len"])
     msg = f"architecture {spec.name!r}: unknown tokenizer kind {kind!r}"
     raise ValueError(msg)

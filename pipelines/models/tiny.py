@@ -238,6 +238,29 @@ def byte_level_tokenizer(special_tokens: list[str], **special_roles: str):
     return tokenizer
 
 
+#: The special tokens Idefics3's processor looks up (image markers, tile position tags, end of turn).
+IDEFICS3_SPECIAL_TOKENS = [
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+]
+
+
+def smollm_tokenizer():
+    """An offline stand-in for SmolLM's tokenizer as Idefics3 (ColSmol) processors use it: Idefics3's special tokens,
+    left padding with ``<|im_end|>``."""
+    return byte_level_tokenizer(
+        [*IDEFICS3_SPECIAL_TOKENS, "<|im_end|>"],
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        padding_side="left",
+    )
+
+
 def _build_model(tokenizer, seed: int):
     """Instantiate a random-weight ``ColQwen2`` whose config ids agree with ``tokenizer``."""
     import torch

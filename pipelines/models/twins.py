@@ -46,15 +46,6 @@ SPLIT_LONGEST_EDGE = 192
 SPLIT_TILE = 64
 SPLIT_TOKENS_PER_TILE = 16
 SPLIT_MAX_PIXELS = 192 * 148
-#: The special tokens Idefics3's processor looks up (image markers, tile position tags, end of turn).
-_IDEFICS3_SPECIAL_TOKENS = [
-    "<|im_start|>",
-    "<end_of_utterance>",
-    "<fake_token_around_image>",
-    "<image>",
-    "<global-img>",
-    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
-]
 _RECIPE_VERSION = 1
 
 
@@ -279,13 +270,7 @@ def _make_colsmol(seed: int):
     ColIdefics3, ColIdefics3Processor = model_classes("idefics3", "ColIdefics3", "ColIdefics3Processor")
     from transformers import Idefics3Config
 
-    tokenizer = tiny.byte_level_tokenizer(
-        [*_IDEFICS3_SPECIAL_TOKENS, "<|im_end|>"],
-        bos_token="<|im_start|>",
-        eos_token="<end_of_utterance>",
-        pad_token="<|im_end|>",
-        padding_side="left",
-    )
+    tokenizer = tiny.smollm_tokenizer()
     processor = ColIdefics3Processor(
         image_processor=_split_image_processor(), tokenizer=tokenizer, image_seq_len=SPLIT_TOKENS_PER_TILE
     )
@@ -319,7 +304,7 @@ def _make_colmodernvbert(seed: int):
     from transformers import ModernVBertConfig
 
     tokenizer = tiny.byte_level_tokenizer(
-        [*_IDEFICS3_SPECIAL_TOKENS, "<|begin_of_text|>"],
+        [*tiny.IDEFICS3_SPECIAL_TOKENS, "<|begin_of_text|>"],
         bos_token="<|begin_of_text|>",
         eos_token="<end_of_utterance>",
         pad_token="[PAD]",
