@@ -45,6 +45,7 @@ def results(tmp_path_factory, sample_corpus, shared_corpus, tiny_model_dir) -> d
         "search": search.bench_search(sizes=(300,), repeats=1, n_queries=5),
         "feed": feed.bench_feed(size=3, vector_counts=(16,)),
         "pooling": pooling.bench_pooling(size=2, repeats=1, vector_counts=(48,)),
+        "hybrid": search.bench_hybrid(),
     }
 
 
@@ -236,13 +237,41 @@ def test_pipeline_records_missing_and_renders_ratios(monkeypatch, tmp_path):
     assert ratios == {("local", 1): 1.0, ("ray", 1): 0.5, ("local", 2): 2.0, ("ray", 2): 1.0}
 
 
+def test_hybrid_passes_the_text_layer_through_on_the_sample_queries(results):
+    res = results["hybrid"]["results"]
+    metrics = res["metrics"]
+    # BM25 over title + text finds the answering page of every query whose page has a text layer, and only those.
+    with_text = 1 - res["queries_answered_by_a_page_without_text"] / res["queries"]
+    assert metrics["BM25 alone (title + text)"]["Recall@10"] == pytest.approx(with_text)
+    # The tiny TEST model's vectors are random: fusing BM25 in (Vespa's weights) can only add what it finds.
+    assert metrics["hybrid (linear, Vespa's weights)"]["Recall@10"] >= metrics["two_phase"]["Recall@10"]
+    assert metrics["hybrid (linear, Vespa's weights)"]["Recall@10"] >= with_text
+
+
 def test_report_renders_every_section_with_small_figures(results, tmp_path):
     all_results = dict(results)
-    all_results["pipeline"] = {
-        "params": {},
-        "results": {"status": "ok", "error": None, "data": fake_pipeline_result("s", "tiny", [1, 2])},
-        "checks": [],
+    data = fake_pipeline_result("s", "tiny", [1, 2])
+    operator = {"stages": ["rasterize", "preprocess"], "kind": "tasks", "workers": None, "tasks": 3, "busy_s": 1.0}
+    data["runs"][-1]["operators"] = [{**operator, "busy": 0.5, "backpressured": 0.25}]
+    data["startup"] = {
+        "num_cpus": 2,
+        "runs": [{"code": "now", "backend": "local", "wall_seconds": 5.0, "cpu_seconds": 4.0}],
+        "ratios": {"old": {"local": {"wall": 1.2, "cpu": 1.1}}},
     }
+    split = {"preprocess_s_per_page": 0.01, "collate_s_per_page": 0.001, "forward_s_per_page": 0.02}
+    data["embed_split"] = {
+        "pages": 4,
+        "model": "tiny",
+        "before": {**split, "actor_cpu_s_per_page": 0.03, "preprocess_stage_s_per_page": 0.0},
+        "now": {
+            **split,
+            "preprocess_s_per_page": 0.0,
+            "actor_cpu_s_per_page": 0.02,
+            "preprocess_stage_s_per_page": 0.01,
+        },
+        "actor_ratio": 1.5,
+    }
+    all_results["pipeline"] = {"params": {}, "results": {"status": "ok", "error": None, "data": data}, "checks": []}
     all_results["scale"] = scale.bench_scale(
         sizes=(300, 1200), docs_per_part=100, workdir=str(tmp_path), history_parts=3
     )
@@ -255,6 +284,7 @@ def test_report_renders_every_section_with_small_figures(results, tmp_path):
         assert f"## {title}" in markdown
     assert "Not run" not in markdown and "The benchmark failed" not in markdown
     assert "| RAM |" in markdown and "| colpali-engine | 0.3.18 |" in markdown
+    assert "| rasterize → preprocess | tasks |" in markdown and "**1.50×** less CPU work" in markdown
     figures = list((tmp_path / "figures").glob("*.png"))
     assert len(figures) >= 8
     assert all(f.stat().st_size < 200_000 for f in figures)
@@ -285,3 +315,36 @@ def test_cli_runs_a_benchmark_and_renders_the_report(tmp_path):
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert "python -m benchmarks feed --size 2" in markdown
     assert "_Not run. `python -m benchmarks search` writes `results/search.json`._" in markdown
+
+
+def test_depth_growth_reranking_every_page_is_exact_and_depth_is_consistent():
+    every = 60
+    settings = (
+        {"profile": "two_phase", "retrieval": "all", "target_hits": None, "rerank_count": every},
+        {"profile": "muvera", "retrieval": "nearest_neighbor", "target_hits": every, "rerank_count": every},
+        {"profile": "two_phase", "retrieval": "nearest_neighbor", "target_hits": 2, "rerank_count": 30},
+        {"profile": "two_phase", "retrieval": "all", "target_hits": None, "rerank_count": every + 1},  # too deep
+    )
+    out = fidelity.depth_growth(
+        sizes=(40, every),
+        n_queries=4,
+        vectors_per_page=(30, 40),
+        target_hits=(2,),
+        timing_queries=1,
+        settings=settings,
+    )
+    assert [g["pages"] for g in out] == [40, every]
+    small, large = out
+    assert len(small["settings"]) == 1 and len(large["settings"]) == 3  # settings deeper than the corpus are skipped
+    measured = {(s["profile"], s["retrieval"], s["rerank_count"]): s for s in large["settings"]}
+    # Re-ranking every page by exact MaxSim over the unpooled vectors is the reference itself, whatever the first
+    # stage: per-token hamming over pool-3 bits or the one MUVERA vector.
+    assert measured[("two_phase", "all", every)]["recall"] == 1.0
+    assert measured[("muvera", "nearest_neighbor", every)]["recall"] == 1.0
+    for g in out:
+        depth = g["depth_needed"]
+        # Every page retrieved: the exact top-10 is always covered, within the corpus.
+        for name in ("all", "muvera", "page_vector"):
+            assert depth[name]["covered_share"] == 1.0 and 10 <= depth[name]["p50"] <= depth[name]["p99"] <= g["pages"]
+        assert depth["nearest_neighbor 2"]["retrieved_pages_mean"] <= g["pages"]
+        assert g["bytes_per_page"]["muvera_memory"] > g["bytes_per_page"]["page_vector_memory"]

@@ -4,7 +4,7 @@
 SIGABRT ("terminate called without an active exception"): ``pq.read_table`` on a Python file object left
 Arrow thread-pool tasks holding Python-owned buffers after it returned, and one that released them while
 the interpreter was finalizing was ended by Python inside a C++ destructor (see
-:func:`pipelines.io.read_parquet`). This runs the delete and the replay command 20 times each, a few at a
+:func:`pipelines.io.read_parquet`). This runs the delete and the replay command 30 times each, a few at a
 time, next to a CPU burner, and wants exit status 0 from every run.
 """
 
@@ -28,7 +28,7 @@ from pipelines.vespa.feed import FeedSettings
 from tests.helpers import run_python
 from tests.vespa.conftest import fake, write_index  # noqa: F401  (fake: the fixture, used by name)
 
-RUNS = 20  # of each command: 40 runs; before the fix about 2 % of runs aborted
+RUNS = 30  # of each command: 60 runs; before the fix about 2 % of runs aborted
 PARALLEL = 3  # commands at a time
 RUN_TIMEOUT_S = 120  # per command (one takes about a second on an idle machine)
 BURN_S = 300  # the burner stops by itself after this, and is killed when the test ends
