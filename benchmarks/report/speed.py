@@ -230,7 +230,7 @@ def _pooling(result: dict, figures: Path) -> str:
 
 
 def pipeline_ratios(data: dict) -> list[dict]:
-    """Each run of a ``run_benchmark`` dict with ``ratio``: its pages/s over the baseline backend's 1-CPU run.
+    """Each run of a ``run_benchmark`` dict with ``ratio``: its pages/s over the baseline backend's run.
 
     The baseline is the run whose backend is ``data["baseline"]`` with the fewest CPUs (1 when present).
     """
@@ -265,8 +265,9 @@ def _pipeline(result: dict, figures: Path) -> str:
     text = [
         f"`benchmarks.pipeline.run_benchmark`: {data.get('pages')} pages of `{data.get('source')}` with model "
         f"`{data.get('model')}`; each run's pages/s relative to the `{data.get('baseline', 'local')}` backend's "
-        "1-CPU run of the same benchmark run (the jobs run one after the other, each a fresh `jobs.index` process; "
-        "see `benchmarks/pipeline.py`). Stage seconds are each run's own split (Ray: summed over workers).",
+        "run with the fewest CPUs, in the same benchmark run (the jobs run one after the other, each a fresh "
+        "`jobs.index` process; see `benchmarks/pipeline.py`). Stage seconds are each run's own split (Ray: summed "
+        "over workers).",
         "",
         _table(["backend", "CPUs", "wall s", "pages/s", "× baseline"] + [f"{s} s" for s in stages], rows),
     ]
@@ -284,7 +285,7 @@ def _pipeline(result: dict, figures: Path) -> str:
     ]
     left.bar(labels, [r["ratio"] for r in runs], color=[BASE if r["baseline_run"] else OURS for r in runs])
     left.axhline(1.0, color=BASE, linewidth=1)
-    left.set_ylabel("pages/s ÷ local 1-CPU")
+    left.set_ylabel("pages/s ÷ baseline run")
     bottoms = [0.0] * len(runs)
     for stage in stages:
         shares = []
@@ -328,7 +329,7 @@ def _pipeline_details(data: dict) -> list[str]:
         ]
         text.append(
             f"Ray Data's per-operator figures for the Ray run at {run['num_cpus']} CPUs (busy = running tasks or "
-            "actor calls over the operator's wall time; backpressured = time Ray Data held back new submissions):"
+            "actor calls over the operator's wall time; backpressured = time Ray Data held back new submissions):\n"
         )
         text.append(_table(["operator", "kind", "actors", "tasks", "busy s", "busy", "idle", "backpressured"], rows))
     startup = data.get("startup")
@@ -336,7 +337,8 @@ def _pipeline_details(data: dict) -> list[str]:
         rows = [
             [r["code"], r["backend"], f"{r['wall_seconds']:.1f}", f"{r['cpu_seconds']:.2f}"] for r in startup["runs"]
         ]
-        text.append(f"Job start-up (a one-page job, {startup['num_cpus']} CPUs; code `now` against older checkouts):")
+        cpus = startup["num_cpus"]
+        text.append(f"Job start-up (a one-page job, {cpus} CPUs; code `now` against older checkouts):\n")
         text.append(_table(["code", "backend", "wall s", "driver CPU s"], rows))
         for label, ratio in startup.get("ratios", {}).items():
             parts = ", ".join(f"{backend} {_x(v['wall'])} wall, {_x(v['cpu'])} CPU" for backend, v in ratio.items())
@@ -349,7 +351,7 @@ def _pipeline_details(data: dict) -> list[str]:
             f"Embed actor time per page over {split['pages']} pages (`{split['model']}`; `before`: the actor "
             "preprocesses each image itself; `now`: the CPU stage did, "
             f"{1000 * split['now']['preprocess_stage_s_per_page']:.1f} ms/page there). The actor does "
-            f"**{_x(split['actor_ratio'])}** less CPU work per page:"
+            f"**{_x(split['actor_ratio'])}** less CPU work per page:\n"
         )
         text.append(_table(["layout", "preprocess ms", "collate ms", "forward ms", "actor CPU ms"], rows))
     return text
