@@ -58,27 +58,23 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def _pages(model: str, pages: int, source: str | None) -> list[dict]:
-    """``pages`` rendered pages (rows with ``image``) at the model's budget, cycling through the corpus."""
+def _pages(model: str, pages: int, source: str) -> list[dict]:
+    """``pages`` rendered pages (rows with ``image``) of the PDFs in ``source`` at the model's budget, cycling
+    through them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from pipelines import schema
     from pipelines.models import registry
     from pipelines.stages.rasterize import RasterizeStage
-    from pipelines.testing.bulk_corpus import generate_bulk_corpus
 
     stage = RasterizeStage(max_pixels=registry.get_spec(model).max_pixels)
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
-        if source is None:
-            source = tmp
-            generate_bulk_corpus(tmp, pages=min(pages, 48))
-        tables = []
-        for path in sorted(Path(source).glob("*.pdf")):
-            table = stage.apply(schema.conform(pa.table({"source_uri": [str(path)], "source_size": [0]})))
-            tables.append(table.filter(pc.is_null(table["error_type"])))
-            if sum(t.num_rows for t in tables) >= pages:
-                break
+    tables = []
+    for path in sorted(Path(source).glob("*.pdf")):
+        table = stage.apply(schema.conform(pa.table({"source_uri": [str(path)], "source_size": [0]})))
+        tables.append(table.filter(pc.is_null(table["error_type"])))
+        if sum(t.num_rows for t in tables) >= pages:
+            break
     rows = pa.concat_tables(tables).to_pylist()
     return [rows[i % len(rows)] for i in range(pages)]
 
@@ -146,7 +142,10 @@ def cpu_stage_costs(model: str, rows: list[dict], pool_factor: int = 3, rerank_p
     costs: dict[str, float] = {}
     started = cpu_seconds()
     rendered = rasterize.apply(table)
-    n_rendered = max(1, int(schema.ok_mask(rendered).sum()))
+    n_rendered = int(schema.ok_mask(rendered).sum())
+    if n_rendered == 0:
+        msg = f"no page of {sources[:3]}... rendered: the CPU cost of rasterizing cannot be measured"
+        raise RuntimeError(msg)
     costs["rasterize"] = (cpu_seconds() - started) / n_rendered
     images = schema.rows_to_table([{k: row[k] for k in ("source_uri", "image")} for row in rows])
     started = cpu_seconds()
@@ -170,6 +169,7 @@ def cpu_stage_costs(model: str, rows: list[dict], pool_factor: int = 3, rerank_p
     costs["binarize"] = (cpu_seconds() - started) / len(pages)
     return {
         "cpu_s_per_page": {k: round(v, 4) for k, v in costs.items()},
+        "pages_rasterized": n_rendered,
         "vectors_per_page": n_vectors,
         "pool_factor": pool_factor,
         "rerank_pool_factor": rerank_pool_factor,
@@ -188,7 +188,14 @@ def bench_gpu(
     cpu_costs: bool = True,
 ) -> dict:
     """Embedding throughput of ``model`` on ``device`` (random weights for registry models), FLOPs, MFU and the
-    CPU workers per GPU its throughput needs. See the module docstring for what each figure means."""
+    CPU workers per GPU its throughput needs, over the PDFs in ``source`` (None: a generated bulk corpus, kept
+    until the CPU stages have been timed on it). See the module docstring for what each figure means."""
+    if source is None:
+        from pipelines.testing.bulk_corpus import generate_bulk_corpus
+
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
+            generate_bulk_corpus(tmp, pages=min(pages, 48))
+            return bench_gpu(model, pages, device, dtype, micro_batch_size, batch_tokens, peak, tmp, cpu_costs)
     import torch
     from PIL import Image
 

@@ -340,13 +340,15 @@ def bench_hybrid(model: str = "tiny", top_k: int = 10, rerank_count: int = 200, 
         searcher.fusion = fusion
         hits = searcher.search_vectors(vectors, texts, profile=profile)
         runs[name] = {q: [corpus_ids[h.page_index] for h in found] for q, found in zip(ids, hits, strict=True)}
-    text_index = index.text_index
-    runs["BM25 alone (title + text)"] = {
-        q: [corpus_ids[i] for i in top_indexes(text_index.scores(t), top_k) if text_index.scores(t)[i] > 0]
-        for q, t in zip(ids, texts, strict=True)
-    }
+
+    def bm25_alone(text: str) -> list[str]:
+        scores = index.text_index.scores(text)
+        return [corpus_ids[i] for i in top_indexes(scores, top_k) if scores[i] > 0]
+
+    runs["BM25 alone (title + text)"] = {q: bm25_alone(t) for q, t in zip(ids, texts, strict=True)}
     metrics = {name: compute_metrics(dataset.qrels, ranked)[0] for name, ranked in runs.items()}
-    no_text = [q for q in ids if not any(pages.column("text")[corpus_ids.index(c)].as_py() for c in dataset.qrels[q])]
+    page_texts = dict(zip(corpus_ids, pages.column("text").to_pylist(), strict=True))
+    no_text = [q for q in ids if not any(page_texts[c] for c in dataset.qrels[q])]
     return {
         "params": {"model": model, "top_k": top_k, "rerank_count": rerank_count, "target_hits": target_hits},
         "results": {

@@ -207,3 +207,15 @@ def mean_vector(vectors: np.ndarray) -> np.ndarray:
     mean = np.asarray(vectors, dtype=np.float64).mean(axis=0)
     norm = np.linalg.norm(mean)
     return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
+def query_vector(profile: str, query: np.ndarray, muvera: MuveraSettings | None = None) -> np.ndarray:
+    """The one vector a single-vector profile scores pages with, for ``(tokens, dim)`` query vectors: their
+    :func:`mean_vector` (``page_vector``) or their MUVERA query encoding under ``muvera`` (``muvera``; default
+    settings when None). Local search and the Vespa query body both use it, so they score the same vector."""
+    if profile == "page_vector":
+        return mean_vector(query)
+    if profile == "muvera":
+        return (muvera or MuveraSettings()).encoder(query.shape[1]).query(query)
+    msg = f"{profile!r} is not a single-vector profile (muvera, page_vector)"
+    raise ValueError(msg)

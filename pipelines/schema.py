@@ -85,10 +85,11 @@ PAGE_SCHEMA = pa.schema(
         pa.field("rerank_pool_groups", pa.binary()),  # int32 (n_vectors_raw,)
         # embed: the width of every vector of the row (the model's; binary vectors are embedding_dim // 8 bytes)
         pa.field("embedding_dim", pa.int32()),
-        # pool: one vector per page (pipelines.muvera). page_embedding: float16 (embedding_dim,), the page's own
-        # single-vector embedding when its model supplies one (the embed stage fills it), else the normalised mean
-        # of its raw vectors; muvera_embedding: float16 (muvera dim,), the MUVERA fixed dimensional encoding of the
-        # re-ranking vectors (pooling.muvera; its dimension follows from those settings and the vector width)
+        # pool: one vector per page (pipelines.muvera). page_embedding: float16 (embedding_dim,), the normalised
+        # mean of the page's raw vectors (kept if a stage already set it: the hook for a model's own single
+        # vector, e.g. jina-v4's, which the embed stage does not fill yet); muvera_embedding: float16 (muvera
+        # dim,), the MUVERA fixed dimensional encoding of the re-ranking vectors (pooling.muvera; its dimension
+        # follows from those settings and the vector width)
         pa.field("page_embedding", pa.binary()),
         pa.field("muvera_embedding", pa.binary()),
     ]

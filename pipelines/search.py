@@ -46,9 +46,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import index, schema
 from pipelines.errors import ConfigError
-from pipelines.muvera import MuveraSettings, mean_vector
+from pipelines.muvera import MuveraSettings, query_vector
 from pipelines.stages.compress import binarize, unpack_bits
-from pipelines.text_search import HYBRID_BM25_WEIGHT, TEXT_TARGET_HITS, TextIndex, reciprocal_rank_fusion
+from pipelines.text_search import HYBRID_BM25_WEIGHT, TEXT_TARGET_HITS, TextIndex, reciprocal_rank_fusion, top_matches
 
 if TYPE_CHECKING:
     from pipelines.models.encoder import MultiVectorEncoder
@@ -284,16 +284,13 @@ class LocalIndex:
                 "lacks: rebuild it with pooling.page_vector=true and pooling.muvera set (the defaults)"
             )
             raise ValueError(msg)
-        if profile == "page_vector":
-            return (vectors @ mean_vector(query)).astype(np.float64)
-        encoder = self.muvera.encoder(self.dim)
-        if encoder.dim != vectors.shape[1]:
+        if profile == "muvera" and self.muvera.dim(self.dim) != vectors.shape[1]:
             msg = (
                 f"the index's muvera_embedding has {vectors.shape[1]} values per page but {self.muvera} gives "
-                f"{encoder.dim}: search with the index's own pooling.muvera settings"
+                f"{self.muvera.dim(self.dim)}: search with the index's own pooling.muvera settings"
             )
             raise ValueError(msg)
-        return (vectors @ encoder.query(query)).astype(np.float64)
+        return (vectors @ query_vector(profile, query, self.muvera)).astype(np.float64)
 
     def similar_pages(self, page_index: int, top_k: int = 10) -> list[Hit]:
         """The ``top_k`` other pages whose page vectors have the highest cosine to page ``page_index``'s."""
@@ -360,8 +357,9 @@ class LocalIndex:
             matched = np.arange(len(self))
         else:
             matched = self.nearest_neighbor_candidates(query, target_hits, max_query_tokens, nearest)
-        if profile == "hybrid" and text:
-            matched = np.union1d(matched, self.text_index.candidates(text, text_target_hits))
+        bm25 = self.text_index.scores(text) if profile == "hybrid" and text else None
+        if bm25 is not None:
+            matched = np.union1d(matched, top_matches(bm25, text_target_hits))
         if profile == "float":
             return _top(self.float_maxsim_of(query, matched), matched, top_k)
         first = _hamming_scores(*nearest)[matched]
@@ -371,9 +369,13 @@ class LocalIndex:
         if profile == "two_phase_unpacked":
             return _top(self.unpacked_maxsim(query, candidates), candidates, top_k)
         exact = self.float_maxsim_of(query, candidates)
-        if profile == "hybrid" and text:
-            bm25 = self.text_index.scores(text)[candidates]
-            fused = exact + HYBRID_BM25_WEIGHT * bm25 if fusion == "linear" else reciprocal_rank_fusion(exact, bm25)
+        if bm25 is not None:
+            text_scores = bm25[candidates]
+            fused = (
+                exact + HYBRID_BM25_WEIGHT * text_scores
+                if fusion == "linear"
+                else reciprocal_rank_fusion(exact, text_scores)
+            )
             return _top(fused, candidates, top_k)
         return _top(exact, candidates, top_k)
 
@@ -609,7 +611,7 @@ class Searcher:
             msg = f"profile must be one of {profiles} for {where}, got {cfg.profile!r}"
             raise ConfigError(msg)
         location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
-        index_cfg = _read_index_config(location)
+        index_cfg = read_index_config(location)
         options = {
             "profile": str(cfg.profile),
             "top_k": int(cfg.top_k),
@@ -729,7 +731,8 @@ class Searcher:
         ]
 
 
-def _read_index_config(location: index.IndexLocation) -> DictConfig | None:
+def read_index_config(location: index.IndexLocation) -> DictConfig | None:
+    """The config the index was built with (``index.CONFIG_FILE``); None when the index has none."""
     try:
         return OmegaConf.create(location.read_text(index.CONFIG_FILE))
     except FileNotFoundError:

@@ -578,12 +578,10 @@ class SimilarityMapWriter:
         from omegaconf import OmegaConf
 
         from pipelines import index
+        from pipelines.search import read_index_config
 
         location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
-        try:
-            index_cfg = OmegaConf.create(location.read_text(index.CONFIG_FILE))
-        except FileNotFoundError:
-            index_cfg = OmegaConf.create({})
+        index_cfg = read_index_config(location) or OmegaConf.create({})
         pages = None
         if searcher.local is None:
             if "model" not in index_cfg:

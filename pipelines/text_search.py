@@ -69,12 +69,16 @@ class TextIndex:
 
     def candidates(self, query: str | None, target_hits: int = TEXT_TARGET_HITS) -> np.ndarray:
         """The up to ``target_hits`` pages with the highest positive BM25 sum (ties by page order), sorted."""
-        scores = self.scores(query)
-        matched = np.flatnonzero(scores > 0)
-        if len(matched) > target_hits:
-            order = np.lexsort((matched, -scores[matched]))
-            matched = matched[order[:target_hits]]
-        return np.sort(matched)
+        return top_matches(self.scores(query), target_hits)
+
+
+def top_matches(scores: np.ndarray, target_hits: int = TEXT_TARGET_HITS) -> np.ndarray:
+    """The up to ``target_hits`` pages with the highest positive ``scores`` (ties by page order), sorted."""
+    matched = np.flatnonzero(scores > 0)
+    if len(matched) > target_hits:
+        order = np.lexsort((matched, -scores[matched]))
+        matched = matched[order[:target_hits]]
+    return np.sort(matched)
 
 
 def _field_index(values: Sequence[str | None]):

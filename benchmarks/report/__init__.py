@@ -22,7 +22,6 @@ from benchmarks.report.vectors import _fidelity, _index_size
 
 __all__ = ["BENCHMARKS", "SECTIONS", "TITLES", "load_results", "main", "pipeline_ratios", "render"]
 
-BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "hybrid", "feed", "pooling", "pipeline", "scale")
 TITLES = {
     "rasterize": "1. Rasterization",
     "index_size": "2. Index size",
@@ -34,6 +33,8 @@ TITLES = {
     "pipeline": "7. Whole pipeline",
     "scale": "8. The driver at scale (synthetic listing and ledger)",
 }
+#: The sections, in report order (``gpu`` has none: its figures go into the closing notes).
+BENCHMARKS = tuple(TITLES)
 
 
 def load_results(out: Path) -> dict[str, dict]:

@@ -152,9 +152,6 @@ class Ledger:
     def exists(self) -> bool:
         return self.fs.exists(self.location.path(LEDGER_DIR))
 
-    def rows(self) -> pa.Table:
-        return self.location.read_parts(SOURCES_DIR, LEDGER_SCHEMA)
-
     def state(self) -> dict[str, dict[str, Any]]:
         """The latest row of every source ever recorded, by URI. Read-only: the dict (and its rows) is
         shared by every caller until the ledger changes, which gives a new dict."""

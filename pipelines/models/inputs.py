@@ -124,7 +124,7 @@ def plan_batches(lengths: Sequence[int], max_pages: int, max_tokens: int | None 
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        longest = max([lengths[j] for j in current] + [lengths[i]])
+        longest = lengths[i]  # ``order`` is by ascending length: the page joining is the batch's longest
         fits_pages = len(current) < max_pages
         fits_tokens = max_tokens is None or (len(current) + 1) * longest <= max_tokens
         if current and not (fits_pages and fits_tokens):

@@ -170,15 +170,3 @@ def build_model(spec: registry.ModelSpec, processor, device: str = "auto", dtype
     with torch.no_grad():
         model.get_input_embeddings().weight[pad].normal_(mean=0.0, std=0.02)
     return model.eval()
-
-
-def parameter_count(spec: registry.ModelSpec, processor) -> int:
-    """Parameters of the architecture, counted on the meta device (no memory, no initialisation)."""
-    import torch
-
-    from pipelines.models.colpali import model_classes
-
-    model_cls, _ = model_classes(spec.family, spec.model_class, spec.processor_class)
-    with torch.device("meta"):
-        model = model_cls._from_config(model_config(spec, processor))
-    return sum(p.numel() for p in model.parameters())

@@ -128,21 +128,11 @@ class RemoteCodeModel:
 
 
 class RemoteCodeProcessor:
-    """The checkpoint's processor with colpali-engine's method names (``process_queries`` adds the query prefix)."""
+    """The checkpoint's processor with colpali-engine's method names: ``process_queries`` adds the query prefix,
+    everything else (``process_images``, ``tokenizer``, ``image_processor``...) is the checkpoint's own."""
 
     def __init__(self, processor):
         self.processor = processor
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def image_processor(self):
-        return self.processor.image_processor
-
-    def process_images(self, images):
-        return self.processor.process_images(images)
 
     def process_queries(self, queries):
         return self.processor.process_texts(list(queries), prefix=JINA_QUERY_PREFIX)

@@ -46,9 +46,18 @@ def pool_vectors_with_groups(pooler, vectors: np.ndarray, pool_factor: int) -> t
 
 
 def row_dims(batch: pa.Table) -> list[int]:
-    """Each row's vector width (:func:`pipelines.schema.row_dim`: ``embedding_dim``, else from the bytes)."""
-    columns = [c for c in ("embedding_dim", "n_vectors", "embedding") if c in batch.column_names]
-    return [schema.row_dim(row) for row in batch.select(columns).to_pylist()]
+    """Each row's vector width (:func:`pipelines.schema.row_dim`: ``embedding_dim``, else from the bytes).
+
+    Only rows without ``embedding_dim`` (written before the column existed) have their vector bytes read.
+    """
+    has_dim = "embedding_dim" in batch.column_names
+    dims = batch.column("embedding_dim").to_pylist() if has_dim else [None] * batch.num_rows
+    missing = [i for i, dim in enumerate(dims) if not dim]
+    if missing:
+        columns = [c for c in ("embedding_dim", "n_vectors", "embedding") if c in batch.column_names]
+        for i, row in zip(missing, batch.select(columns).take(missing).to_pylist(), strict=True):
+            dims[i] = schema.row_dim(row)
+    return [int(dim) for dim in dims]
 
 
 def binarize(vectors: np.ndarray) -> np.ndarray:
@@ -76,10 +85,10 @@ class PoolStage(Stage):
     ``pool_factor`` stores no second column (``embedding`` is then the re-ranking vectors).
 
     Before pooling it adds one vector per page from the raw vectors (:mod:`pipelines.muvera`): ``page_embedding``,
-    their normalised mean, where the embed stage left it empty (a model that supplies its own page embedding fills
-    it there), when ``page_vector`` is on; and ``muvera_embedding``, their MUVERA fixed dimensional encoding, unless
-    ``muvera`` is null. Both come from the unpooled vectors, so the encoding approximates MaxSim over the model's
-    own vectors whatever the pool factors.
+    their normalised mean, where no earlier stage set it (the hook for a model's own page embedding, which the
+    embed stage does not fill yet), when ``page_vector`` is on; and ``muvera_embedding``, their MUVERA fixed
+    dimensional encoding, unless ``muvera`` is null. Both come from the unpooled vectors, so the encoding
+    approximates MaxSim over the model's own vectors whatever the pool factors.
 
     Runs on long-lived workers: the pooler (colpali-engine's, imported without its model families,
     see :mod:`pipelines.models.colpali`) is loaded once per worker in ``setup`` rather than per task.

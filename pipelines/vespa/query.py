@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.muvera import MuveraSettings, mean_vector
+from pipelines.muvera import MuveraSettings, query_vector
 from pipelines.search import HIT_FIELDS
 from pipelines.stages.compress import binarize
 from pipelines.vespa.app import (
@@ -112,12 +112,7 @@ def build_query_body(
     }
     if profile in SINGLE_VECTOR_PROFILES:
         field, name = SINGLE_VECTOR_PROFILES[profile]
-        if profile == "muvera":
-            body[f"input.query({name})"] = (
-                (muvera or MuveraSettings()).encoder(vectors.shape[1]).query(vectors).tolist()
-            )
-        else:
-            body[f"input.query({name})"] = mean_vector(vectors).tolist()
+        body[f"input.query({name})"] = query_vector(profile, vectors, muvera).tolist()
         where = "true" if settings.retrieval == "all" else _nearest(field, name, settings.page_target_hits, settings)
         if rerank_count is not None:
             body["ranking.rerankCount"] = rerank_count

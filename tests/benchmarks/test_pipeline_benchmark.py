@@ -37,10 +37,11 @@ def test_one_cpu_ray_run_gets_stage_requests_that_fit():
     assert job_overrides("local", 2) == ["backend=local"]
 
 
-def test_gpu_benchmark_runs_the_embed_path_end_to_end_on_cpu(tiny_model_dir, sample_corpus):
+def test_gpu_benchmark_runs_the_embed_path_end_to_end_on_cpu(tiny_model_dir):
     from benchmarks.gpu import bench_gpu
 
-    body = bench_gpu("tiny", pages=3, device="cpu", micro_batch_size=2, peak=1.0, source=str(sample_corpus))
+    # No source: the generated bulk corpus, as `python -m benchmarks gpu` runs it.
+    body = bench_gpu("tiny", pages=3, device="cpu", micro_batch_size=2, peak=1.0)
     result = body["results"]
     assert (result["device"], result["pages"], result["random_weights"]) == ("cpu", 3, False)
     assert result["all_finite"] and result["vectors_per_page"] == result["tokens_per_page"] > 0
@@ -53,3 +54,5 @@ def test_gpu_benchmark_runs_the_embed_path_end_to_end_on_cpu(tiny_model_dir, sam
     cpu = result["cpu"]
     assert set(cpu["cpu_s_per_page"]) == {"rasterize", "preprocess", "pool", "binarize"}
     assert all(v >= 1 for v in cpu["workers_per_gpu"].values())
+    # The CPU stages were timed on pages that really rendered (the corpus outlives the embedding run).
+    assert cpu["pages_rasterized"] >= 3 and all(v > 0 for v in cpu["cpu_s_per_page"].values())

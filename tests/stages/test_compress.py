@@ -7,7 +7,7 @@ import torch
 from colpali_engine.compression.token_pooling import HierarchicalTokenPooler
 
 from pipelines import schema
-from pipelines.stages.compress import BinarizeStage, PoolStage, binarize, pool_vectors, unpack_bits
+from pipelines.stages.compress import BinarizeStage, PoolStage, binarize, pool_vectors, row_dims, unpack_bits
 
 
 def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -120,3 +120,17 @@ def test_pool_stage_rejects_bad_factor():
 def test_conform_restores_types_of_all_null_columns():
     table = pa.table({"source_uri": ["a"], "embedding": pa.nulls(1)})
     assert schema.conform(table).schema == schema.PAGE_SCHEMA
+
+
+def test_row_dims_take_the_recorded_width_else_derive_it_from_the_bytes():
+    vectors = np.ones((3, 320), dtype="<f2").tobytes()  # 3 vectors of 320 values
+    batch = pa.table(
+        {
+            "embedding_dim": pa.array([320, None, None], pa.int32()),
+            "n_vectors": pa.array([3, 3, None], pa.int32()),
+            "embedding": pa.array([vectors, vectors, None], pa.large_binary()),
+        }
+    )
+    # Recorded; missing (an older row): 2 bytes per value of each vector; nothing to go by: the legacy width.
+    assert row_dims(batch) == [320, 320, schema.LEGACY_EMBEDDING_DIM]
+    assert row_dims(batch.drop_columns(["embedding_dim"])) == [320, 320, schema.LEGACY_EMBEDDING_DIM]
