@@ -75,10 +75,7 @@ def build_processor(spec: registry.ModelSpec):
         video = Qwen2VLVideoProcessor(**{k: v for k, v in arch["image_processor"]["kwargs"].items() if k in patches})
         return processor_cls(image_processor=image_processor, tokenizer=tiny.qwen_tokenizer(), video_processor=video)
     if kind == "gemma":
-        tokenizer = tiny.byte_level_tokenizer(
-            [], bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", padding_side="right"
-        )
-        return processor_cls(image_processor=image_processor, tokenizer=tokenizer)
+        return processor_cls(image_processor=image_processor, tokenizer=tiny.gemma_tokenizer())
     if kind == "smollm":
         tokenizer = tiny.smollm_tokenizer()
         return processor_cls(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=arch["image_seq_len"])
@@ -156,6 +153,7 @@ def build_model(spec: registry.ModelSpec, processor, device: str = "auto", dtype
     """
     import torch
 
+    from pipelines.models import tiny
     from pipelines.models.colpali import model_classes
 
     model_cls, _ = model_classes(spec.family, spec.model_class, spec.processor_class)
@@ -166,7 +164,5 @@ def build_model(spec: registry.ModelSpec, processor, device: str = "auto", dtype
         model = model_cls._from_config(
             config, dtype=torch_dtype, attn_implementation=registry.pick_attention(device, attn)
         )
-    pad = processor.tokenizer.pad_token_id
-    with torch.no_grad():
-        model.get_input_embeddings().weight[pad].normal_(mean=0.0, std=0.02)
+    tiny.unzero_pad_row(model, processor.tokenizer.pad_token_id)
     return model.eval()

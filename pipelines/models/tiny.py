@@ -165,9 +165,19 @@ def _trained_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], 
     return tuple(model_json["vocab"].items()), merges
 
 
-def _build_tokenizer():
-    """The Qwen2-VL-style tokenizer of the tiny test models (see :func:`qwen_tokenizer`)."""
-    return qwen_tokenizer()
+def unzero_pad_row(model, pad_id: int, std: float = 0.02) -> None:
+    """Give the pad token's embedding row random values, as trained checkpoints have.
+
+    ``pad_token_id`` makes ``nn.Embedding`` zero that row at init. In a trained checkpoint it is non-zero (it is
+    also ColPali's query-augmentation token). Left as zero, a left-padding position under SDPA (fully masked row ->
+    zero attention output) stays exactly zero through every layer, the zero-bias projection keeps it zero, and the
+    models' ``proj / proj.norm()`` turns it into NaN, which the attention-mask multiply cannot undo (NaN * 0 =
+    NaN) and which then poisons MaxSim scores.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight[pad_id].normal_(mean=0.0, std=std)
 
 
 def qwen_tokenizer():
@@ -261,6 +271,12 @@ def smollm_tokenizer():
     )
 
 
+def gemma_tokenizer():
+    """An offline stand-in for Gemma's tokenizer as PaliGemma (ColPali) processors use it: right padding with
+    ``<pad>``."""
+    return byte_level_tokenizer([], bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", padding_side="right")
+
+
 def _build_model(tokenizer, seed: int):
     """Instantiate a random-weight ``ColQwen2`` whose config ids agree with ``tokenizer``."""
     import torch
@@ -309,15 +325,7 @@ def _build_model(tokenizer, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ColQwen2(config).to(torch.float32).eval()
-        # pad_token_id makes nn.Embedding zero the <|endoftext|> row at init. In a trained checkpoint that row is
-        # non-zero (it is also ColPali's query-augmentation token). Left as zero, a left-padding position under
-        # SDPA (fully masked row -> zero attention output) stays exactly zero through every layer, the zero-bias
-        # projection keeps it zero, and ColQwen2.forward's `proj / proj.norm()` turns it into NaN, which the
-        # attention-mask multiply cannot undo (NaN * 0 = NaN) and which then poisons MaxSim scores.
-        with torch.no_grad():
-            model.get_input_embeddings().weight[ids["<|endoftext|>"]].normal_(
-                mean=0.0, std=config.text_config.initializer_range
-            )
+        unzero_pad_row(model, ids["<|endoftext|>"], std=config.text_config.initializer_range)
     return model
 
 
@@ -369,6 +377,12 @@ def _check_marker_seed(path: pathlib.Path, seed: int) -> None:
         raise ValueError(msg)
 
 
+def make_colqwen2(seed: int):
+    """The tiny ColQwen2 TEST model and its processor, built from ``seed`` (no files)."""
+    tokenizer = qwen_tokenizer()
+    return _build_model(tokenizer, seed), _build_processor(tokenizer)
+
+
 def build_tiny_colqwen2(out_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
     """Build the tiny random-weight ColQwen2 TEST model + processor into ``out_dir`` and return its path.
 
@@ -382,12 +396,8 @@ def build_tiny_colqwen2(out_dir: str | os.PathLike, seed: int = 0) -> pathlib.Pa
     is ~1 MB.
     """
 
-    def make(seed: int):
-        tokenizer = _build_tokenizer()
-        return _build_model(tokenizer, seed), _build_processor(tokenizer)
-
     return build_model_dir(
-        out_dir, seed, name=TINY_MODEL_NAME, make=make, readme=_readme, recipe_version=_RECIPE_VERSION
+        out_dir, seed, name=TINY_MODEL_NAME, make=make_colqwen2, readme=_readme, recipe_version=_RECIPE_VERSION
     )
 
 

@@ -102,16 +102,6 @@ def _qwen_token_ids(ids: dict[str, int]) -> dict[str, int]:
     }
 
 
-def _unzero_pad_row(model, pad_id: int) -> None:
-    """Give the pad token a non-zero embedding, as trained checkpoints have (see ``tiny._build_model``: an
-    all-zero row stays zero through a fully masked left-padding position and the unit-norm projection turns
-    it into NaN)."""
-    import torch
-
-    with torch.no_grad():
-        model.get_input_embeddings().weight[pad_id].normal_(mean=0.0, std=0.02)
-
-
 def _make_colqwen2_5(seed: int):
     ColQwen2_5, ColQwen2_5_Processor = model_classes("qwen2_5", "ColQwen2_5", "ColQwen2_5_Processor")
     from transformers import Qwen2_5_VLConfig
@@ -140,7 +130,7 @@ def _make_colqwen2_5(seed: int):
 
     def build():
         model = ColQwen2_5(config)
-        _unzero_pad_row(model, ids["<|endoftext|>"])
+        tiny.unzero_pad_row(model, ids["<|endoftext|>"])
         return model
 
     common = {
@@ -188,7 +178,7 @@ def _make_colqwen3(seed: int):
 
     def build():
         model = ColQwen3(config)  # colpali-engine fixes the projection at 320 dimensions
-        _unzero_pad_row(model, ids["<|endoftext|>"])
+        tiny.unzero_pad_row(model, ids["<|endoftext|>"])
         return model
 
     common = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2}
@@ -206,9 +196,7 @@ def _make_colpali(seed: int):
     ColPali, ColPaliProcessor = model_classes("paligemma", "ColPali", "ColPaliProcessor")
     from transformers import PaliGemmaConfig, SiglipImageProcessor
 
-    tokenizer = tiny.byte_level_tokenizer(
-        [], bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", padding_side="right"
-    )
+    tokenizer = tiny.gemma_tokenizer()
     patches = (PALIGEMMA_IMAGE_SIZE // 14) ** 2
     image_processor = SiglipImageProcessor(
         size={"height": PALIGEMMA_IMAGE_SIZE, "width": PALIGEMMA_IMAGE_SIZE}, image_seq_length=patches, **_UNIT_NORM
@@ -245,7 +233,7 @@ def _make_colpali(seed: int):
 
     def build():
         model = ColPali(config)
-        _unzero_pad_row(model, tokenizer.pad_token_id)  # <pad> is also ColPali's query-augmentation token
+        tiny.unzero_pad_row(model, tokenizer.pad_token_id)  # <pad> is also ColPali's query-augmentation token
         return model
 
     return _seeded(build, seed), processor
@@ -293,7 +281,7 @@ def _make_colsmol(seed: int):
 
     def build():
         model = ColIdefics3(config)
-        _unzero_pad_row(model, tokenizer.pad_token_id)
+        tiny.unzero_pad_row(model, tokenizer.pad_token_id)
         return model
 
     return _seeded(build, seed), processor
@@ -337,21 +325,16 @@ def _make_colmodernvbert(seed: int):
 
     def build():
         model = ColModernVBert(config)
-        _unzero_pad_row(model, tokenizer.pad_token_id)
+        tiny.unzero_pad_row(model, tokenizer.pad_token_id)
         return model
 
     return _seeded(build, seed), processor
 
 
-def _make_colqwen2(seed: int):
-    tokenizer = tiny._build_tokenizer()
-    return tiny._build_model(tokenizer, seed), tiny._build_processor(tokenizer)
-
-
 TWINS: dict[str, Twin] = {
     twin.name: twin
     for twin in [
-        Twin("tiny", "ColQwen2 (Qwen2-VL)", tiny.TINY_MAX_PIXELS, 128, _make_colqwen2),
+        Twin("tiny", "ColQwen2 (Qwen2-VL)", tiny.TINY_MAX_PIXELS, 128, tiny.make_colqwen2),
         Twin("tiny-colqwen2.5", "ColQwen2_5 (Qwen2.5-VL)", tiny.TINY_MAX_PIXELS, 128, _make_colqwen2_5),
         Twin("tiny-colqwen3", "ColQwen3 (Qwen3-VL)", QWEN3_MAX_PIXELS, 320, _make_colqwen3),
         Twin("tiny-colpali", "ColPali (PaliGemma)", PALIGEMMA_MAX_PIXELS, 128, _make_colpali),
