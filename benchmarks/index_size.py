@@ -9,64 +9,27 @@ from __future__ import annotations
 
 import io
 
-from benchmarks.common import QWEN_PROMPT_VECTORS, REFERENCE_DIM, REFERENCE_MODEL, pages_table
+from benchmarks.common import REFERENCE_DIM, REFERENCE_MODEL, pages_table
 from benchmarks.vectors import CLUSTERED_RECIPE, ClusteredVectors
 from pipelines import schema
 
+#: The models the index-size table shows (one per family and vector count), and the pages it shows them on.
+SIZE_MODELS = ("colpali-v1.3", "colqwen2-v1.0", "colqwen2.5-v0.2", "tiny", "colsmol-256m")
+
 
 def patch_counts() -> list[dict]:
-    """Vectors per page of every supported model, with where each count comes from."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
+    """Vectors per page of :data:`SIZE_MODELS` on US Letter and A4 portrait pages, with where each count comes
+    from (:func:`benchmarks.models.vectors_per_page`: the registry budget and the family's own patch rules)."""
+    from benchmarks.models import A4, LETTER, vectors_per_page
     from pipelines.models import registry
-    from pipelines.stages.rasterize import target_size
 
-    rows = [
-        {
-            "model": "colpali-v1.3",
-            "dim": registry.get_spec("colpali-v1.3").dim,
-            "page": "any (squashed to 448x448)",
-            "vectors": 1030,
-            "source": "1024 image tokens (32x32 grid) + 6 prompt tokens; ../shared/reference/colpali.md section 1",
-        }
-    ]
-    for name in ("colqwen2-v1.0", "colqwen2.5-v0.2", "tiny"):
+    rows = []
+    for name in SIZE_MODELS:
         spec = registry.get_spec(name)
-        for page, (width_pt, height_pt) in (("US Letter portrait", (612, 792)), ("A4 portrait", (595.276, 841.89))):
-            width, height = target_size(width_pt, height_pt, spec.max_pixels, 200.0)
-            grid_h, grid_w = smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=spec.max_pixels)
-            tokens = grid_h * grid_w // (28 * 28)
-            rows.append(
-                {
-                    "model": name,
-                    "dim": spec.dim,
-                    "page": page,
-                    "vectors": tokens + QWEN_PROMPT_VECTORS,
-                    "source": (
-                        f"render {width}x{height} px (registry budget {spec.max_pixels:,} px) -> Qwen2-VL "
-                        f"smart_resize {grid_w}x{grid_h} -> {tokens} image tokens (28x28 px each) + "
-                        f"{QWEN_PROMPT_VECTORS} prompt tokens"
-                    ),
-                }
-            )
-    for edge, note in (
-        (1536, "registry comment: longest edge 1536 px"),
-        (2048, "colpali.md estimate: longest edge 2048 px"),
-    ):
-        tiles_w, tiles_h = -(-round(edge * 612 / 792) // 512), -(-edge // 512)
-        image_tokens = 64 * (tiles_w * tiles_h + 1)
-        rows.append(
-            {
-                "model": "colsmol-256m / colsmol-500m",
-                "dim": registry.get_spec("colsmol-256m").dim,
-                "page": f"US Letter portrait, {edge}-px long edge",
-                "vectors": image_tokens,
-                "source": (
-                    f"ESTIMATE ({note}; processor config not readable offline): {tiles_w}x{tiles_h} tiles of "
-                    f"512 px + 1 global image, 64 tokens each = {image_tokens}, plus unknown marker/prompt tokens"
-                ),
-            }
-        )
+        for page, page_pt in (("US Letter portrait", LETTER), ("A4 portrait", A4)):
+            count = vectors_per_page(spec, page_pt)
+            source = f"render {count['render']} px (registry budget {spec.max_pixels:,} px): {count['source']}"
+            rows.append({"model": name, "dim": spec.dim, "page": page, "vectors": count["vectors"], "source": source})
     return rows
 
 

@@ -22,13 +22,13 @@ Counts are for the stored vectors before pooling (``pooling.pool_factor`` divide
 
 from __future__ import annotations
 
+from benchmarks.common import QWEN_PROMPT_VECTORS
 from pipelines.models import registry
 from pipelines.render import target_size
 
 LETTER = (612.0, 792.0)
 A4 = (595.276, 841.89)
 DPI = 200.0
-QWEN_PROMPT_TOKENS = 11
 PALIGEMMA = {"image_tokens": 1024, "prompt_tokens": 7}
 #: Split-image processors: (longest edge the processor resizes to, tile edge, tokens per tile), and where from.
 SPLIT = {
@@ -76,7 +76,7 @@ def vectors_per_page(spec: registry.ModelSpec, page_pt: tuple[float, float] = LE
     if spec.family in _QWEN_PATCH:
         image = qwen_image_tokens(spec.family, width, height, spec.max_pixels)
         side = 2 * _QWEN_PATCH[spec.family]
-        prompt = QWEN_PROMPT_TOKENS
+        prompt = QWEN_PROMPT_VECTORS
         source = f"{image} image tokens ({side}x{side} px each) + {prompt} prompt tokens"
         if spec.loader == "remote_code":
             source += " (colpali-engine's prompt; the checkpoint's own prompt may differ by a few tokens)"

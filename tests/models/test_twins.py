@@ -100,7 +100,8 @@ def test_each_family_indexes_and_searches_offline_through_its_twin(name, twin_in
 def test_twin_vector_counts_follow_their_processors(twin_indexes, model_cache):
     """Raw vectors per page equal what the family's processor makes of the rendered page (dynamic Qwen grids,
     PaliGemma's fixed grid, Idefics3 / ModernVBERT tiles with their markers)."""
-    from benchmarks.models import QWEN_PROMPT_TOKENS, SPLIT_PROMPT_TOKENS, qwen_image_tokens, split_image_tokens
+    from benchmarks.common import QWEN_PROMPT_VECTORS
+    from benchmarks.models import SPLIT_PROMPT_TOKENS, qwen_image_tokens, split_image_tokens
 
     for name in FAMILIES:
         spec = registry.get_spec(name)
@@ -111,7 +112,7 @@ def test_twin_vector_counts_follow_their_processors(twin_indexes, model_cache):
             width, height = row["image_width"], row["image_height"]
             assert width * height <= spec.max_pixels
             if spec.family in ("qwen2_5", "qwen3"):
-                expected = qwen_image_tokens(spec.family, width, height, spec.max_pixels) + QWEN_PROMPT_TOKENS
+                expected = qwen_image_tokens(spec.family, width, height, spec.max_pixels) + QWEN_PROMPT_VECTORS
             elif spec.family == "paligemma":  # the squashed square grid, then <bos> twice and the prompt
                 prompt = 2 + len(paligemma_tokenizer(model_cache).tokenize("Describe the image.\n"))
                 expected = (twins.PALIGEMMA_IMAGE_SIZE // 14) ** 2 + prompt
