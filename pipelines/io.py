@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 import posixpath
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple, TypeVar
@@ -257,3 +259,18 @@ def read_parquet(handle: IO[bytes], columns: list[str] | None = None, schema: pa
         table.column(f.name).cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in fields
     ]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+def write_local_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the local file ``path`` with ``data`` through a temporary file and a rename, so a concurrent reader
+    (another process, a metrics scraper) sees the old or the new file, never a torn one."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

@@ -31,6 +31,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from pipelines.backends.base import BlockWriter
+from pipelines.io import write_local_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -270,19 +271,11 @@ class ProgressReporter:
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 print(f"{stamp} {line}", file=self.stream, flush=True)
             if self.config.metrics_file:
-                write_atomically(self.config.metrics_file, self.progress.prometheus(self.labels))
+                path = self.config.metrics_file
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                write_local_atomic(path, self.progress.prometheus(self.labels).encode())
         except Exception as exc:  # a closed stream or a full disk must not fail the run
             logger.debug("progress not reported: %s: %s", type(exc).__name__, exc)
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so a scraper never reads half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _duration(seconds: float) -> str:

@@ -190,10 +190,7 @@ class LocalObject:
         return data, _digest(data)
 
     def _write(self, data: bytes) -> str:
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, self.path)
+        io.write_local_atomic(self.path, data)
         return _digest(data)
 
     def read(self) -> tuple[bytes, str] | None:

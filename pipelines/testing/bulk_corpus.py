@@ -42,7 +42,8 @@ from reportlab.lib.pagesizes import A4, A5, LETTER, landscape
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen.canvas import Canvas
 
-from pipelines.testing.corpus import SLIDE_16_9, _font, _pinned_source_date_epoch, _write_atomic
+from pipelines.io import write_local_atomic
+from pipelines.testing.corpus import SLIDE_16_9, _font, _pinned_source_date_epoch
 
 __all__ = ["MANIFEST_NAME", "BulkDocument", "BulkPage", "generate_bulk_corpus", "main", "plan_bulk_corpus"]
 
@@ -365,10 +366,10 @@ def generate_bulk_corpus(out_dir: str | os.PathLike[str], pages: int = 1000, see
     paths = []
     for doc in docs:
         path = out / doc.file_name
-        _write_atomic(path, _render(doc))
+        write_local_atomic(path, _render(doc))
         paths.append(path)
     manifest = {"pages": pages, "seed": seed, "documents": [asdict(doc) for doc in docs]}
-    _write_atomic(out / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_local_atomic(out / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
     return paths
 
 

@@ -53,6 +53,8 @@ from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Frame, Paragraph, Spacer, Table, TableStyle
 
+from pipelines.io import write_local_atomic
+
 __all__ = [
     "CORPUS_PAGES",
     "EXPECTED_PAGE_COUNTS",
@@ -1308,16 +1310,6 @@ def _queries() -> list[SampleQuery]:
     ]
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a concurrent reader sees either the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def generate_sample_corpus(out_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
     """Write the sample PDFs and ``queries.jsonl`` into ``out_dir`` (created if missing); return the PDF paths, sorted.
 
@@ -1330,13 +1322,13 @@ def generate_sample_corpus(out_dir: str | os.PathLike[str]) -> list[pathlib.Path
     paths = []
     for doc in _DOCUMENTS:
         path = out / doc.file_name
-        _write_atomic(path, _render(doc))
+        write_local_atomic(path, _render(doc))
         paths.append(path)
     lines = [
         json.dumps({"query": q.query, "file_name": q.file_name, "page_number": q.page_number}, ensure_ascii=False)
         for q in _queries()
     ]
-    _write_atomic(out / QUERIES_FILE_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
+    write_local_atomic(out / QUERIES_FILE_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
     return sorted(paths)
 
 
