@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Failpoints armed through this file reach every process the tests start, Ray workers of the session's Ray
+# instance included (pipelines.testing.failpoints.arm); unarmed it does not exist.
+os.environ.setdefault("PIPELINES_FAILPOINTS_FILE", os.path.join(tempfile.mkdtemp(prefix="failpoints-"), "armed"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus" / "py-pdf-sample-files"

@@ -31,6 +31,7 @@ from typing import Any
 
 from pipelines.render import PDFIUM, DocumentError, DocumentInfo, PageSize
 from pipelines.render.bounded import STDERR_KEEP, CappedReader, kill_group, limited_command, over_memory_limit
+from pipelines.testing import failpoints
 
 _HEADER = struct.Struct("<Q")
 #: Largest answer accepted from the worker (a page image is at most hard_max_pixels * 3 bytes).
@@ -261,6 +262,7 @@ def _open(state: dict, path: str) -> Any:
 
 
 def _render(state: dict, number: int, size: tuple[int, int]) -> Any:
+    failpoints.hit("pdfium_render")  # the fault-matrix tests kill the worker mid-render
     page = state["pdf"][number - 1]
     try:
         width_pt, height_pt = page.get_size()
