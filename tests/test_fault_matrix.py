@@ -31,7 +31,7 @@ from pipelines.index import ledger
 from pipelines.testing import failpoints
 from pipelines.testing.corpus import EXPECTED_PAGE_COUNTS
 from tests.helpers import index_config, start_cli
-from tests.s3_server import MotoS3
+from tests.s3_server import Fault, FaultProxy, MotoS3
 
 #: Three small documents of the sample corpus (7 pages), plus the poison file.
 DOCUMENTS = ("coral_reef_research_note.pdf", "product_launch_slides.pdf", "water_main_notice.pdf")
@@ -107,11 +107,15 @@ class Place:
         fs.invalidate_cache()
         return {path: info.get("mtime") or info.get("ETag") for path, info in fs.find(root, detail=True).items()}
 
-    def overrides(self, backend: str) -> list[str]:
+    def overrides(self, backend: str, source_endpoint: str | None = None) -> list[str]:
+        """The job's arguments; ``source_endpoint`` reads the source through another endpoint (a fault proxy)."""
         args = ["model=tiny", f"backend={backend}", f"source.location={self.source}", f"output.location={self.output}"]
         if self.storage_options is not None:
-            options = hydra_dict(self.storage_options)
-            args += [f"++source.storage_options={options}", f"++output.storage_options={options}"]
+            source = self.storage_options
+            if source_endpoint:
+                source = {**source, "client_kwargs": {**source["client_kwargs"], "endpoint_url": source_endpoint}}
+            args += [f"++source.storage_options={hydra_dict(source)}"]
+            args += [f"++output.storage_options={hydra_dict(self.storage_options)}"]
         return [*args, *SMALL_BLOCKS]
 
 
@@ -154,11 +158,11 @@ def runtime(backend, request, tiny_model_dir):
     return []
 
 
-def run_here(place: Place, backend: str, *extra: str) -> tuple[int, dict]:
-    """Run the index job in this process; (exit status, run report)."""
+def run_here(place: Place, backend: str, *extra: str, source_endpoint: str | None = None) -> tuple[int, dict]:
+    """Run the index job in this process; (exit status, report of the index's last run)."""
     from jobs.index import run
 
-    cfg = index_config(*place.overrides(backend), *extra)
+    cfg = index_config(*place.overrides(backend, source_endpoint), *extra)
     with contextlib.redirect_stdout(bytes_io.StringIO()):
         status = run(cfg)
     return status, place.location().read_report()
@@ -325,3 +329,76 @@ def test_vanished_part(backend, storage, place, runtime):
 
     seen += [page for table in reader for page in table.column("page_id").to_pylist()]
     assert len(seen) == len(set(seen)) and set(seen) in (before, after)
+
+
+# -- the source listing fails --------------------------------------------------------------------------------
+
+
+def unlistable_directory(root: Path) -> None:
+    """A directory the OS cannot list: nested deeper than PATH_MAX, so listing it fails with ENAMETOOLONG (a
+    real error from the kernel; permissions cannot deny anything to root)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(4200 // 200):
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("deep.pdf", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+@matrix
+def test_listing_error(backend, storage, place, runtime, request):
+    """Listing the source fails on a rerun with ``source.sync=true`` (locally a directory the kernel cannot
+    list; on S3 the store denies the listing of the source prefix): the run stops before it plans anything
+    (exit 7), and nothing indexed is removed or changed."""
+    status, _ = run_here(place, backend)
+    assert status == 0
+    before = place.files()
+    if storage == "local":
+        unlistable_directory(Path(place.source))
+        status, _ = run_here(place, backend, "source.sync=true")
+    else:
+        prefix = place.source.removeprefix("s3://").split("/", 1)[1]
+        lists_source = lambda method, path: method == "GET" and f"prefix={prefix}" in path  # noqa: E731
+        with FaultProxy(request.getfixturevalue("moto").url, [Fault("AccessDenied", lists_source, None)]) as proxy:
+            status, _ = run_here(place, backend, "source.sync=true", source_endpoint=proxy.url)
+        assert proxy.injected["AccessDenied"] > 0
+    assert status == 7
+    assert place.files() == before, "a run whose listing failed changed the index"
+    assert_exactly_once(place)
+
+
+# -- Vespa is down -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@matrix
+def test_vespa_down(backend, storage, place, runtime):
+    """Feeding Vespa inline, Vespa answers nothing but 503 for the whole run: the run commits every page to
+    the index and exits 6 once ``vespa.feed.max_outage_s`` has passed; rerun with Vespa up, it feeds what was
+    not fed, and Vespa holds each page of the index once."""
+    from tests.vespa.conftest import vespa_id
+    from tests.vespa.fake_vespa import FakeVespa, Status
+    from tests.vespa.schema_check import validator
+
+    down = [True]
+    with FakeVespa(validator=validator(), fault=lambda request: Status(503) if down[0] else None) as vespa:
+        feed = ["vespa.inline=true", f"vespa.endpoint.url={vespa.url}", "vespa.feed.max_outage_s=2"]
+        feed += ["vespa.feed.backoff_initial_s=0.05", "vespa.feed.backoff_max_s=0.2"]
+        status, report = run_here(place, backend, *feed)
+        assert status == 6, report.get("vespa")
+        assert vespa.documents == {}
+        assert_exactly_once(place)
+
+        down[0] = False
+        status, report = run_here(place, backend, *feed)
+        assert status == 0, report.get("vespa")
+        assert report["plan"]["to_process"] == 0  # the index had every page: nothing is embedded again
+        page_ids = place.location().read_pages(["page_id"]).column("page_id").to_pylist()
+        assert sorted(vespa.documents) == sorted(vespa_id(page) for page in page_ids)
+        assert max(vespa.put_counts.values()) == 1
+        assert not vespa.errors
