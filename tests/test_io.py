@@ -1,5 +1,9 @@
-"""Listing accounts for every file under a location, with or without a glob."""
+"""Listing accounts for every file under a location, with or without a glob; it follows links, never loops,
+fails on a directory it cannot list, and gives names that are not UTF-8 URIs that map back to the bytes."""
 
+import os
+
+import pyarrow as pa
 import pytest
 
 from pipelines import io
@@ -41,3 +45,60 @@ def test_read_bytes_refuses_oversized_objects(tree):
     assert io.read_bytes((tree / "b.pdf").as_uri()) == b"%PDF-1.4 b"
     with pytest.raises(io.FileTooLarge, match="max_file_bytes"):
         io.read_bytes((tree / "b.pdf").as_uri(), max_bytes=3)
+
+
+def test_links_are_followed_and_directory_loops_end(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "real.pdf").write_bytes(b"%PDF-1.4 real")
+    (tmp_path / "linked.pdf").symlink_to(tmp_path / "docs" / "real.pdf")
+    (tmp_path / "docs" / "loop").symlink_to(tmp_path / "docs")  # a loop: walking it naively never ends
+    (tmp_path / "docs" / "up").symlink_to(tmp_path)  # a second loop, through the root
+    (tmp_path / "dangling.pdf").symlink_to(tmp_path / "gone.pdf")
+    (tmp_path / "self.pdf").symlink_to(tmp_path / "self.pdf")  # a link that loops on itself
+
+    files, skipped = io.list_inputs(str(tmp_path))
+
+    by_name = {f.uri.removeprefix(tmp_path.as_uri() + "/"): f for f in files}
+    assert sorted(by_name) == ["dangling.pdf", "docs/real.pdf", "linked.pdf", "self.pdf"] and skipped == []
+    assert by_name["linked.pdf"].size == len(b"%PDF-1.4 real")  # the target's size and version
+    assert by_name["linked.pdf"].version == by_name["docs/real.pdf"].version
+    # Links that cannot be followed are listed (their read fails and is recorded), with a version that
+    # changes once the target exists.
+    assert by_name["dangling.pdf"].version == "unreadable:ENOENT"
+    assert by_name["self.pdf"].version == "unreadable:ELOOP"
+
+
+def test_directory_that_cannot_be_listed_fails_the_listing(tmp_path):
+    """A real OS error on one directory (ENAMETOOLONG: deeper than PATH_MAX) fails the listing; fsspec's walk
+    would leave the directory out, and with source.sync its files would count as deleted."""
+    (tmp_path / "top.pdf").write_bytes(b"%PDF-1.4 top")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for _ in range(4200 // 200):  # each level is a 200-character name: past PATH_MAX (4096) from the root
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        deep = os.open("deep.pdf", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+        os.write(deep, b"%PDF-1.4 deep")
+        os.close(deep)
+    finally:
+        os.close(fd)
+    with pytest.raises(io.ListingIncomplete, match=r"could not list .*ENAMETOOLONG.*source\.location"):
+        io.list_inputs(str(tmp_path))
+
+
+def test_names_that_are_not_utf8_round_trip_to_the_bytes_on_disk(tmp_path):
+    raw = os.fsencode(tmp_path) + b"/caf\xe9 100%.pdf"  # Latin-1, not UTF-8
+    with open(raw, "wb") as handle:
+        handle.write(b"%PDF-1.4 latin")
+    (tmp_path / "plain 100%.pdf").write_bytes(b"%PDF-1.4 plain")
+
+    files, _ = io.list_inputs(str(tmp_path))
+
+    uris = sorted(f.uri for f in files)
+    assert uris == [f"{tmp_path.as_uri()}/caf%E9 100%25.pdf", f"{tmp_path.as_uri()}/plain 100%.pdf"]
+    pa.array(uris, pa.string())  # valid UTF-8: Arrow (the ledger, the plan) can hold them
+    assert [io.read_bytes(uri) for uri in uris] == [b"%PDF-1.4 latin", b"%PDF-1.4 plain"]
+    assert io.filesystem_for(uris[0])[1] == os.fsdecode(raw)
+    assert io.current_version(uris[0]) == files[0].version
