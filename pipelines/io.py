@@ -227,14 +227,16 @@ def require_bucket(location: str, storage_options: Mapping[str, Any] | None, set
     if not protocols & BUCKET_PROTOCOLS:
         return
     bucket = path.strip("/").split("/", 1)[0]
+    forget_listings(fs, bucket)
     try:
-        exists = with_retries(lambda: fs.exists(bucket), f"checking {location}")
+        if not with_retries(lambda: fs.exists(bucket), f"checking {location}"):
+            fs.info(bucket)  # exists() says False for any error (an endpoint it cannot reach too): ask why
+            msg = f"bucket {bucket!r} not found"
+            raise FileNotFoundError(msg)
     except Exception as exc:
         if isinstance(exc, PermissionError | FileNotFoundError) or is_unreachable(exc):
             raise storage_error(location, exc, setting) from exc
         raise
-    if not exists:
-        raise storage_error(location, FileNotFoundError(f"bucket {bucket!r} not found"), setting)
 
 
 def list_inputs(
@@ -344,18 +346,22 @@ def find_all(fs, path: str, detail: bool = False):
 
 
 def _walk_local(root: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(path, info)`` of every file under the local directory ``root``, links followed, each directory once."""
+    """``(path, info)`` of every file under the local directory ``root``, links followed, each directory once.
+
+    Directories reached through a link are walked after every other one, so a directory that is also reachable
+    without a link is listed at that path; a loop (or a second link to a directory) is not walked again.
+    """
     visited: set[tuple[int, int]] = set()
-    pending = [root]
-    while pending:
-        directory = pending.pop()
+    pending, linked = [root], []
+    while pending or linked:
+        directory = pending.pop() if pending else linked.pop()
         try:
             status = os.stat(directory)
-            if (status.st_dev, status.st_ino) in visited:  # a loop, or a second link to a directory already walked
+            if (status.st_dev, status.st_ino) in visited:
                 continue
             visited.add((status.st_dev, status.st_ino))
             with os.scandir(directory) as entries:
-                listed = list(entries)
+                listed = sorted(entries, key=lambda entry: entry.name, reverse=True)
         except OSError as exc:
             if is_transient(exc):
                 raise
@@ -373,7 +379,7 @@ def _walk_local(root: str) -> Iterator[tuple[str, dict[str, Any]]]:
             except OSError:  # a link that loops: not a directory we can walk, listed as an unreadable file
                 is_dir = False
             if is_dir:
-                pending.append(path)
+                (linked if entry.is_symlink() else pending).append(path)
             else:
                 yield path, _local_info(path)
 
