@@ -25,6 +25,7 @@ from pipelines.backends import NAMES as BACKENDS
 from pipelines.backends.base import RayConfig, StagePlan, StageResources
 from pipelines.errors import ConfigError
 from pipelines.index.lease import LeaseConfig
+from pipelines.index.ledger import DEFAULT_SYNC_MAX_REMOVED
 from pipelines.models import registry
 from pipelines.models.registry import ModelConfig
 from pipelines.progress import ProgressConfig
@@ -48,7 +49,7 @@ class SourceConfig:
     sync: bool = False
     #: With sync: the largest fraction of the indexed files one run may remove; a run that would remove more is
     #: refused (exit 7) unless sync_force, so a source that is suddenly empty or half-mounted deletes nothing.
-    sync_max_removed: float = 0.1
+    sync_max_removed: float = DEFAULT_SYNC_MAX_REMOVED
     #: With sync: remove every file gone from the source, however many (after checking the listing is right).
     sync_force: bool = False
     retry_failed: bool = False

@@ -337,12 +337,23 @@ def _list_tree(fs, root: str) -> dict[str, dict[str, Any]]:
 
 
 def find_all(fs, path: str, detail: bool = False):
-    """``fs.find(path)`` that raises on a directory it cannot list instead of leaving it out (the default of
-    fsspec's walk). Object stores list a prefix flat, in one paginated listing that raises on any error."""
+    """``fs.find(path)`` that raises on a directory it cannot list instead of leaving it out (what fsspec's walk
+    does, below the top directory even with ``on_error="raise"``). Object stores list a prefix flat, in one
+    paginated listing that raises on any error; other filesystems are walked one ``ls`` per directory."""
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if protocols & BUCKET_PROTOCOLS:
         return fs.find(path, detail=detail)
-    return fs.find(path, detail=detail, on_error="raise")
+    found: dict[str, dict[str, Any]] = {}
+    pending = [path]
+    while pending:
+        directory = pending.pop()
+        for info in fs.ls(directory, detail=True):
+            if info["type"] == "directory":
+                if info["name"].rstrip("/") != directory.rstrip("/"):
+                    pending.append(info["name"])
+            else:
+                found[info["name"]] = info
+    return found if detail else sorted(found)
 
 
 def _walk_local(root: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -104,6 +104,7 @@ class PartStore:
         self.fs.mv(temporary, path)
 
     def read_text(self, name: str) -> str:
+        io.forget_listings(self.fs, self.path(name))  # another process may have written it since a listing
         with self.fs.open(self.path(name), "r") as handle:
             return handle.read()
 
