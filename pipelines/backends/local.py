@@ -78,5 +78,4 @@ def _timed(stage: Stage, blocks: Iterator[pa.Table], seconds: dict[str, float]) 
             seconds[stage.name] += time.perf_counter() - started
             if out is None:
                 break
-            yield out
-            del out  # release this window before asking the stage for the next one
+            yield out  # ``out`` is rebound by the next ``next()`` call, before any upstream work
