@@ -187,10 +187,10 @@ class RayDataBackend:
 
 
 def _fused_window(previous: Stage | None, stage: Stage, plan: StagePlan) -> int | None:
-    """Rows per call for ``stage`` when it runs fused behind a fan-out stage that emits windows, else None.
+    """Rows per call for ``stage`` when it takes whole blocks right behind a fan-out stage that emits windows.
 
     Ray Data re-merges what a task's generator yields into blocks of up to ``target_max_block_size`` (128 MiB)
-    before the next fused function sees them: a whole-block stage (``batch_size: null``) behind rasterization
+    before the next stage sees them (fused into the same task or not): a whole-block stage behind rasterization
     would get hundreds of one document's pages in one call and make all their model inputs at once (14 MB a page
     at the ColQwen2.5 budget). Called window by window, it holds one window of its output at a time, and the
     merged input is bounded by the block size (JPEG bytes), not by the document's length.
