@@ -420,17 +420,6 @@ def _source_file(fs, path: str, info: Mapping[str, Any]) -> SourceFile:
     return SourceFile(local_uri(path) if is_local(fs) else fs.unstrip_protocol(path), size, version)
 
 
-def current_version(uri: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """The version :func:`list_inputs` would list for ``uri`` now (asking the store), None when it is gone."""
-    fs, path = filesystem_for(uri, storage_options)
-    forget_listings(fs, path)
-    try:
-        info = with_retries(lambda: _file_info(fs, path), f"checking {uri}")
-    except FileNotFoundError:
-        return None
-    return _source_file(fs, path, info).version
-
-
 def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):
     wanted = tuple(s.lower() for s in suffixes)
     files, skipped = [], []

@@ -118,7 +118,6 @@ def test_names_that_are_not_utf8_round_trip_to_the_bytes_on_disk(tmp_path):
     pa.array(uris, pa.string())  # valid UTF-8: Arrow (the ledger, the plan) can hold them
     assert [io.read_bytes(uri) for uri in uris] == [b"%PDF-1.4 latin", b"%PDF-1.4 plain"]
     assert io.filesystem_for(uris[0])[1] == os.fsdecode(raw)
-    assert io.current_version(uris[0]) == files[0].version
 
 
 def test_a_name_that_is_not_utf8_and_a_linked_pdf_are_indexed(tmp_path, sample_corpus, tiny_model_dir):
