@@ -11,7 +11,9 @@ an error); 1 when some file is unaccounted for (or, feeding Vespa inline, some p
 2 on bad configuration or a missing/denied location; 3 when Vespa blocked the feed (507):
 ``python -m jobs.feed index=<output.location>`` resumes it; 4 when more than ``max_error_rate`` of the
 listed files failed; 5 when another run writes the same index (its lease is held; see ``lease`` in
-conf/index.yaml), or took it over while this run worked.
+conf/index.yaml), or took it over while this run worked; 7 when the source could not be listed completely
+(a directory or prefix that fails to list; nothing was planned) or ``source.sync`` would remove more than
+``source.sync_max_removed`` of the index (``source.sync_force=true`` removes them anyway).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from jobs.feed import EXIT_BLOCKED, blocked_help
 from pipelines.driver import run_index
 from pipelines.errors import ConfigError
 from pipelines.index.lease import IndexLocked, LeaseLost
+from pipelines.index.ledger import SyncRefused
+from pipelines.io import ListingIncomplete
 
 logger = logging.getLogger("jobs.index")
 
 
 EXIT_TOO_MANY_ERRORS = 4
 EXIT_LOCKED = 5
+EXIT_SOURCE_INCOMPLETE = 7
 
 
 def print_summary(report: dict) -> None:
@@ -88,6 +93,8 @@ def run(cfg: DictConfig) -> int:
         return error(str(exc))
     except (IndexLocked, LeaseLost) as exc:
         return error(str(exc), code=EXIT_LOCKED)
+    except (ListingIncomplete, SyncRefused) as exc:
+        return error(str(exc), code=EXIT_SOURCE_INCOMPLETE)
     print_summary(report)
     return exit_status(report)
 

@@ -25,6 +25,7 @@ from pipelines.backends import NAMES as BACKENDS
 from pipelines.backends.base import RayConfig, StagePlan, StageResources
 from pipelines.errors import ConfigError
 from pipelines.index.lease import LeaseConfig
+from pipelines.index.ledger import DEFAULT_SYNC_MAX_REMOVED
 from pipelines.models import registry
 from pipelines.models.registry import ModelConfig
 from pipelines.progress import ProgressConfig
@@ -46,6 +47,11 @@ class SourceConfig:
     suffixes: list[str] = field(default_factory=lambda: [".pdf"])
     storage_options: dict[str, Any] = field(default_factory=dict)
     sync: bool = False
+    #: With sync: the largest fraction of the indexed files one run may remove; a run that would remove more is
+    #: refused (exit 7) unless sync_force, so a source that is suddenly empty or half-mounted deletes nothing.
+    sync_max_removed: float = DEFAULT_SYNC_MAX_REMOVED
+    #: With sync: remove every file gone from the source, however many (after checking the listing is right).
+    sync_force: bool = False
     retry_failed: bool = False
     #: Runs that retry a file whose last outcome was transient (timeout, memory_limit, read_failed) before
     #: its failure is recorded as permanent (until the file changes or retry_failed=true).
@@ -158,6 +164,9 @@ def _check(job: IndexJobConfig) -> None:
             "source.sync=true removes every recorded source that is not listed; "
             "it needs the full listing (unset source.glob)"
         )
+        raise ConfigError(msg)
+    if not 0.0 <= job.source.sync_max_removed <= 1.0:
+        msg = f"source.sync_max_removed must be a fraction between 0 and 1, got {job.source.sync_max_removed}"
         raise ConfigError(msg)
     if job.source.max_retries < 0:
         msg = f"source.max_retries must be >= 0, got {job.source.max_retries}"

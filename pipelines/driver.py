@@ -97,9 +97,7 @@ def prepare(job: IndexJobConfig, config_yaml: str) -> IndexRun:
     inline = InlineFeed.from_config(job.vespa)
     source = absolute(job.source.location)
     output = absolute(job.output.location)
-    files, skipped = io.list_inputs(
-        source, suffixes=tuple(job.source.suffixes), glob=job.source.glob, storage_options=job.source.storage_options
-    )
+    files, skipped = list_source(job)
     if not files:
         msg = f"no input files matching {list(job.source.suffixes)} under {source!r}"
         raise ConfigError(msg)
@@ -121,12 +119,28 @@ def prepare(job: IndexJobConfig, config_yaml: str) -> IndexRun:
             book.check_config(job.model.name, job.config_hash(), job.vector_settings(), embedding_dim=job.spec.dim)
         except (FileNotFoundError, PermissionError) as exc:
             raise io.storage_error(output, exc, "output") from exc
-        run.recovered = book.recover()
+        run.recovered = book.recover({f.uri: f.version for f in files})  # listed after the killed runs' reads
         location.write_text(CONFIG_FILE, config_yaml)
     except BaseException:
         held.release()
         raise
     return run
+
+
+def list_source(job: IndexJobConfig) -> tuple[list[io.SourceFile], list[str]]:
+    """The complete listing of the source (:func:`pipelines.io.list_inputs`)."""
+    source = job.source
+    return io.list_inputs(
+        absolute(source.location), tuple(source.suffixes), glob=source.glob, storage_options=source.storage_options
+    )
+
+
+def listed_after_work(run: IndexRun) -> dict[str, str] | None:
+    """The source's versions listed again once the work is done, so the commit records no version a file had
+    only before it was read (:meth:`~pipelines.index.ledger.Ledger.commit`); None when nothing was read."""
+    if not run.work.process and not run.work.aliases:
+        return None
+    return {f.uri: f.version for f in list_source(run.job)[0]}
 
 
 def plan(run: IndexRun) -> None:
@@ -143,6 +157,8 @@ def plan(run: IndexRun) -> None:
         retry_failed=source.retry_failed,
         max_retries=source.max_retries,
         hash_threads=source.hash_threads,
+        sync_max_removed=source.sync_max_removed,
+        sync_force=source.sync_force,
     )
     logger.info("plan: %s", run.work.counts())
 
@@ -175,7 +191,7 @@ def commit(run: IndexRun) -> None:
     failpoints.hit("before_commit")
     run.lease.check()  # a run that lost the index to another never commits over it
     book = run.location.ledger
-    run.commit = book.commit(run.run_id)
+    run.commit = book.commit(run.run_id, listed_after_work(run))
     compacted_runs, compact_tags = book.compaction_due()
     run.compaction = run.location.compact(compact_tags)
     book.mark_compacted(compacted_runs, run.compaction)

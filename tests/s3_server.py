@@ -154,10 +154,13 @@ class FaultProxy:
 
 
 def storage_options(endpoint_url: str) -> dict:
-    """s3fs options for a loopback endpoint (moto accepts any credentials)."""
+    """s3fs options for a loopback endpoint (moto accepts any credentials).
+
+    Filesystem instances are cached as in production (no ``skip_instance_cache``): one per options per process,
+    each with a directory cache that never expires, so the tests see what a long-lived driver sees.
+    """
     return {
         "key": "testing",
         "secret": "testing",
         "client_kwargs": {"endpoint_url": endpoint_url, "region_name": "eu-west-1"},
-        "skip_instance_cache": True,
     }

@@ -1,4 +1,5 @@
-"""The ledger's run protocol on synthetic part files: plan, commit, visibility, recovery, compaction.
+"""The ledger's run protocol on synthetic part files: plan (and its sync limit), commit (and the versions it
+records), visibility, recovery, compaction.
 
 Workers are simulated by writing page/error blocks tagged with the run id, exactly as the pipeline's
 sink does, so every outcome (complete, half-written, repeated, failed) can be set up precisely.
@@ -269,3 +270,36 @@ def test_snapshot_merges_ledger_parts_without_changing_what_readers_see(setup, m
     assert visible_pages(index.IndexLocation(location.location)) == before_pages
     # A reader whose cache predates the snapshot finds its parts gone and reads the snapshot instead.
     assert book.state() == before_state
+
+
+def test_sync_refuses_to_remove_more_than_its_limit_unless_forced(setup):
+    src, location, book = setup
+    files = [write_source(src, f"doc{n}.pdf", f"%PDF doc {n}".encode()) for n in range(10)]
+    book.plan(files, "run1")
+    for file in files:
+        write(location, page_rows(file, [1], 1), "run1")
+    book.commit("run1")
+    root = io.location_uri(str(src))
+
+    one_gone = book.plan(files[1:], "run2", sync=True, sync_root=root)  # 1 of 10: within the default 0.1
+    assert one_gone.removes == [files[0].uri]
+    with pytest.raises(ledger.SyncRefused, match=r"remove 2 of the 10 files .*source\.sync_force=true"):
+        book.plan(files[2:], "run3", sync=True, sync_root=root)
+    assert "run3" not in book.pending_runs()  # refused before the plan was written
+    forced = book.plan(files[2:], "run4", sync=True, sync_root=root, sync_force=True)
+    assert forced.removes == [f.uri for f in files[:2]]
+    assert book.plan(files[2:], "run5", sync=True, sync_root=root, sync_max_removed=0.2).removes == forced.removes
+
+
+def test_a_file_rewritten_after_listing_is_not_recorded_with_the_listed_version(setup):
+    src, location, book = setup
+    listed = write_source(src, "doc.pdf", b"%PDF version one")
+    book.plan([listed], "run1")
+    rewritten = write_source(src, "doc.pdf", b"%PDF version two, longer")  # before the worker reads it
+    write(location, page_rows(rewritten, [1], 1), "run1")  # the worker read the new bytes
+
+    book.commit("run1", {f.uri: f.version for f in io.list_inputs(str(src))[0]})
+
+    row = book.state()[listed.uri]
+    assert row["doc_id"] == file_doc_id(rewritten) and row["source_version"] is None
+    assert [f.uri for f in book.plan([rewritten], "run2").process] == [listed.uri]  # not skipped as unchanged

@@ -68,6 +68,8 @@ PROCESS, ALIAS, REMOVE = "process", "alias", "remove"
 
 #: Error types worth another attempt on the next run even when the file did not change.
 RETRYABLE_ERRORS = frozenset({"read_failed", "timeout", "memory_limit"})
+#: Fraction of the indexed files a ``source.sync`` run may remove without ``source.sync_force``.
+DEFAULT_SYNC_MAX_REMOVED = 0.1
 #: Retries of a retryable failure of one file version, across runs, before it is treated as permanent
 #: (until the file changes, or ``retry_failed``): ``source.max_retries``.
 DEFAULT_MAX_RETRIES = 1
@@ -102,6 +104,10 @@ PLAN_SCHEMA = pa.schema(
         pa.field("action", pa.string()),  # process | alias | remove
     ]
 )
+
+
+class SyncRefused(RuntimeError):
+    """``source.sync`` would remove more of the index than ``source.sync_max_removed`` allows."""
 
 
 @dataclass
@@ -150,7 +156,7 @@ class Ledger:
     # -- reading ---------------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.fs.exists(self.location.path(LEDGER_DIR))
+        return self.location.exists(LEDGER_DIR)
 
     def state(self) -> dict[str, dict[str, Any]]:
         """The latest row of every source ever recorded, by URI. Read-only: the dict (and its rows) is
@@ -182,7 +188,7 @@ class Ledger:
         return self._derived[name]
 
     def read_meta(self) -> dict[str, Any] | None:
-        if not self.fs.exists(self.location.path(INDEX_META)):
+        if not self.location.exists(INDEX_META):
             return None
         return json.loads(self.location.read_text(INDEX_META))
 
@@ -229,10 +235,8 @@ class Ledger:
     def _runs(self) -> dict[str, set[str]]:
         """Run id -> names of the files in its directory."""
         root = self.location.path(RUNS_DIR).rstrip("/")
-        if not self.fs.exists(root):
-            return {}
         runs: dict[str, set[str]] = {}
-        for path in self.fs.find(root):  # one recursive listing, not one per run (object stores)
+        for path in self.location.find(RUNS_DIR):  # one recursive listing, not one per run (object stores)
             run_id, _, name = path[len(root) :].strip("/").partition("/")
             runs.setdefault(run_id, set()).add(name)
         return runs
@@ -277,12 +281,13 @@ class Ledger:
         for run_id in run_ids:
             self.location.write_text(posixpath.join(RUNS_DIR, run_id, "compacted.json"), json.dumps(dict(counts)))
 
-    def recover(self) -> list[dict[str, Any]]:
-        """Commit what every interrupted run finished; returns their commit summaries."""
+    def recover(self, listed: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Commit what every interrupted run finished; returns their commit summaries. ``listed``: as for
+        :meth:`commit` (the source as listed now, after their reads)."""
         out = []
         for run_id in self.pending_runs():
             logger.info("recovering interrupted run %s: committing the documents it finished", run_id)
-            out.append(self.commit(run_id))
+            out.append(self.commit(run_id, listed))
         return out
 
     def plan(
@@ -296,13 +301,21 @@ class Ledger:
         hash_threads: int = 8,
         hash_fn: Callable[[str], str] | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        sync_max_removed: float = DEFAULT_SYNC_MAX_REMOVED,
+        sync_force: bool = False,
     ) -> Plan:
         """Decide what this run does with every listed file and write the plan (see the module docstring).
 
         ``sync`` marks recorded sources under ``sync_root`` that are no longer listed for removal;
-        without it they stay and are reported as missing. ``retry_failed`` also reprocesses files that
-        failed for a reason that is not retryable by default (e.g. after upgrading poppler), and
-        retryable failures whose ``max_retries`` are used up (those are listed in ``retry_exhausted``).
+        without it they stay and are reported as missing. ``files`` must be a complete listing
+        (:func:`pipelines.io.list_inputs` never returns another). Unless ``sync_force``, a plan whose removals
+        would take more than ``sync_max_removed`` (a fraction) of the files indexed under ``sync_root`` out of
+        the index raises :class:`SyncRefused` before anything is written; a removed path whose document
+        stays (moved, or still listed under another path) takes nothing out and does not count.
+
+        ``retry_failed`` also reprocesses files that failed for a reason that is not retryable by default (e.g.
+        after upgrading poppler), and retryable failures whose ``max_retries`` are used up (those are listed in
+        ``retry_exhausted``).
         """
         files = list(files)
         state = self.state()
@@ -346,6 +359,8 @@ class Ledger:
                 plan.removes.append(uri)
             else:
                 plan.missing.append(uri)
+        if plan.removes and not sync_force:
+            _check_removals(plan, state, digests, sync_root, sync_max_removed)
         self._write_plan(plan, digests)
         return plan
 
@@ -384,13 +399,19 @@ class Ledger:
         with self.fs.open(path, "wb") as handle:
             pq.write_table(table, handle)
 
-    def commit(self, run_id: str) -> dict[str, Any]:
+    def commit(self, run_id: str, listed: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Record the outcome of every planned source whose document is complete; returns a summary.
+
+        ``listed`` is the source listed again after the work (URI -> version): a source whose version there
+        is not the planned one changed while the run read it, so the bytes read are of an unknown version.
+        Its row gets no version (``source_version`` null), and the next run processes it again instead of
+        taking the new content for the one indexed. None: the planned versions are recorded as they are.
 
         Safe to repeat: committing a run twice appends identical rows, and the latest row wins.
         """
         with self.fs.open(self.location.path(RUNS_DIR, run_id, "plan.parquet"), "rb") as handle:
             planned = io.read_parquet(handle, schema=PLAN_SCHEMA).to_pylist()
+        changed = _changed_since_planned(planned, listed)
         pages = _tagged(self.location, PAGES_DIR, schema.PAGES_TABLE_SCHEMA, run_id, PAGE_KEYS)
         errors = _tagged(self.location, ERRORS_DIR, schema.ERRORS_TABLE_SCHEMA, run_id, ERROR_KEYS)
         page_numbers: dict[str, set[int]] = {}
@@ -417,7 +438,7 @@ class Ledger:
             base = {
                 "source_uri": uri,
                 "source_size": plan_row["source_size"],
-                "source_version": plan_row["source_version"],
+                "source_version": None if uri in changed else plan_row["source_version"],
                 "duplicate_of": None,
                 "commit_run": run_id,
                 "run_id": run_id,
@@ -451,7 +472,7 @@ class Ledger:
                     **source,
                     "source_uri": plan_row["source_uri"],
                     "source_size": plan_row["source_size"],
-                    "source_version": plan_row["source_version"],
+                    "source_version": None if plan_row["source_uri"] in changed else plan_row["source_version"],
                     "duplicate_of": source["source_uri"],
                     "run_id": run_id,
                     "recorded_at": now,
@@ -482,6 +503,17 @@ class Ledger:
         }
         self.location.write_text(posixpath.join(RUNS_DIR, run_id, "committed.json"), json.dumps(summary, indent=2))
         return summary
+
+
+def _changed_since_planned(planned: list[dict[str, Any]], listed: Mapping[str, str] | None) -> set[str]:
+    """The planned sources (to process or alias) whose version in ``listed`` is not the planned one."""
+    if listed is None:
+        return set()
+    return {
+        row["source_uri"]
+        for row in planned
+        if row["action"] != REMOVE and listed.get(row["source_uri"]) != row["source_version"]
+    }
 
 
 def _latest_rows(table: pa.Table) -> pa.Table:
@@ -557,6 +589,25 @@ def _needs_retry(row: Mapping[str, Any], retry_failed: bool, max_retries: int = 
     null in older ledgers counts as 0), or, with ``retry_failed``, any failure."""
     retry = bool(row["retry"]) and (row.get("attempts") or 0) <= max_retries
     return retry or (retry_failed and (row["status"] == FAILED or (row["page_errors"] or 0) > 0))
+
+
+def _check_removals(
+    plan: Plan, state: Mapping[str, Mapping[str, Any]], digests: Mapping[str, str], root: str | None, limit: float
+) -> None:
+    """Raise :class:`SyncRefused` when ``plan`` takes more than ``limit`` of the files indexed under ``root`` out."""
+    staying = {state[uri]["doc_id"] for uri in plan.unchanged} | {doc_id for _, doc_id in plan.aliases}
+    staying |= {digests[f.uri] for f in plan.process if f.uri in digests}
+    leaving = [uri for uri in plan.removes if state[uri]["doc_id"] is None or state[uri]["doc_id"] not in staying]
+    indexed = sum(1 for uri, row in state.items() if row["status"] in LIVE and (root is None or _under(uri, root)))
+    if len(leaving) > limit * indexed:
+        msg = (
+            f"source.sync=true would remove {len(leaving)} of the {indexed} files indexed under "
+            f"{root or 'the source'} "
+            f"({len(leaving) / indexed:.1%}), more than source.sync_max_removed={limit}; nothing was changed. "
+            f"First removed: {', '.join(leaving[:5])}. If they are really gone, run again with "
+            "source.sync_force=true (or a higher source.sync_max_removed); if not, check source.location"
+        )
+        raise SyncRefused(msg)
 
 
 def _under(uri: str, root: str) -> bool:

@@ -58,8 +58,27 @@ class PartStore:
     def remove_dirs(self, *names: str) -> None:
         """Delete the named directories (relative to the root) and everything under them."""
         for name in names:
-            if self.fs.exists(self.path(name)):
+            if self.exists(name):
                 self.fs.rm(self.path(name), recursive=True)
+
+    # Listings and existence checks ask the store every time (io.forget_listings): other processes (Ray write
+    # tasks, other runs) write here, and an object-store filesystem's cached listing would never show it.
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` (relative to the root) exists now."""
+        path = self.path(name)
+        io.forget_listings(self.fs, path)
+        return self.fs.exists(path)
+
+    def find(self, directory: str) -> list[str]:
+        """The paths of every file under ``directory`` (relative to the root, recursive) now, sorted; [] when
+        it does not exist."""
+        path = self.path(directory).rstrip("/")
+        io.forget_listings(self.fs, path)
+        try:
+            return sorted(io.find_all(self.fs, path))
+        except FileNotFoundError:
+            return []
 
     def write_text(self, name: str, text: str) -> None:
         """Write a small text file whole (see :meth:`_write_whole`)."""
@@ -74,7 +93,7 @@ class PartStore:
         temporary name in the same directory first (``part_files`` never lists it) and are renamed,
         which is atomic there.
         """
-        if not _is_local(self.fs):
+        if not io.is_local(self.fs):
             with self.fs.open(path, "wb") as handle:
                 handle.write(data)
             return
@@ -85,6 +104,7 @@ class PartStore:
         self.fs.mv(temporary, path)
 
     def read_text(self, name: str) -> str:
+        io.forget_listings(self.fs, self.path(name))  # another process may have written it since a listing
         with self.fs.open(self.path(name), "r") as handle:
             return handle.read()
 
@@ -110,8 +130,13 @@ class PartStore:
             return io.read_parquet(handle, columns, table_schema)
 
     def part_files(self, directory: str) -> list[str]:
-        path = self.path(directory)
-        return sorted(self.fs.glob(posixpath.join(path, "*.parquet"))) if self.fs.exists(path) else []
+        """The part files directly under ``directory`` now, in name (= write) order (temporaries excluded)."""
+        parent = self.path(directory).rstrip("/")
+        return [
+            p
+            for p in self.find(directory)
+            if posixpath.dirname(p) == parent and p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
+        ]
 
     def iter_part_files(
         self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None, tags: set[str] | None = None
@@ -133,11 +158,6 @@ class PartStore:
     def read_parts(self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
         """All part files under ``directory`` as one table (empty, with the schema, if there are none)."""
         return concat(list(self.iter_parts(directory, table_schema, columns)), table_schema, columns)
-
-
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
 
 
 def concat(tables: list[pa.Table], table_schema: pa.Schema, columns: list[str] | None) -> pa.Table:
