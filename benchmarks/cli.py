@@ -28,7 +28,19 @@ import numpy as np
 import benchmarks
 from benchmarks.common import machine_info
 
-BENCHMARKS = ("rasterize", "index_size", "fidelity", "search", "hybrid", "feed", "pooling", "pipeline", "scale", "gpu")
+BENCHMARKS = (
+    "rasterize",
+    "index_size",
+    "fidelity",
+    "search",
+    "hybrid",
+    "feed",
+    "pooling",
+    "pipeline",
+    "scale",
+    "gpu",
+    "memory",
+)
 SIZE_HELP = {
     "rasterize": "max pages rendered (whole documents, sample corpus first, then the shared corpus)",
     "index_size": "synthetic pages written per measured Parquet file",
@@ -40,6 +52,7 @@ SIZE_HELP = {
     "scale": "documents in the synthetic listing and ledger, one index each (e.g. 10000 100000 1000000)",
     "pipeline": "pages of the bulk corpus indexed by the loop and by Ray at 2 CPUs (pipelines.testing.bulk_corpus)",
     "gpu": "pages embedded (ColQwen2.5 3B architecture, random weights, on a GPU; the tiny test model without one)",
+    "memory": "pages of the one generated PDF whose job peak RSS is measured before and after streaming",
 }
 DEFAULT_SIZES: dict[str, list[int]] = {
     "rasterize": [40],
@@ -52,6 +65,7 @@ DEFAULT_SIZES: dict[str, list[int]] = {
     "scale": [10_000, 100_000],
     "pipeline": [1000],
     "gpu": [256],
+    "memory": [1000],
 }
 
 
@@ -95,6 +109,10 @@ def run_one(name: str, sizes: list[int], repeats: int) -> dict:
         from benchmarks.gpu import bench_gpu_here
 
         body = bench_gpu_here(pages=sizes[0])
+    elif name == "memory":
+        from benchmarks.memory import bench_memory
+
+        body = bench_memory(pages=sizes[0])
     elif name == "scale":
         from benchmarks.scale import bench_scale
 

@@ -36,6 +36,8 @@ from urllib.parse import unquote_to_bytes
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.asyn import AsyncFileSystem
+from fsspec.spec import AbstractFileSystem
 from fsspec.utils import glob_translate
 
 from pipelines.errors import ConfigError
@@ -249,7 +251,8 @@ def list_inputs(
 
     ``location`` may be a single file, a directory/prefix (searched recursively) or, with ``glob``,
     a directory plus a glob pattern relative to it. Suffixes match case-insensitively; files that do
-    not match are returned as skipped so jobs can account for every file under the location. A single
+    not match (and special files: FIFOs, sockets, devices) are returned as skipped so jobs can account for
+    every file under the location. A single
     file named explicitly is taken whatever its suffix. URIs keep their protocol (``file://…``,
     ``s3://…``) so workers can reopen them with :func:`read_bytes` (local names that are not UTF-8: see
     :func:`local_uri`).
@@ -318,7 +321,8 @@ def _local_info(path: str) -> dict[str, Any]:
         status = os.stat(path)
     except OSError as exc:
         return {"type": "file", "size": 0, "unreadable": errno.errorcode.get(exc.errno, "error")}
-    return {"type": "file", "size": status.st_size, "mtime": status.st_mtime}
+    kind = "file" if stat.S_ISREG(status.st_mode) else "other"  # a FIFO or device is never read (it may block)
+    return {"type": kind, "size": status.st_size, "mtime": status.st_mtime}
 
 
 def _list_tree(fs, root: str) -> dict[str, dict[str, Any]]:
@@ -337,11 +341,13 @@ def _list_tree(fs, root: str) -> dict[str, dict[str, Any]]:
 
 
 def find_all(fs, path: str, detail: bool = False):
-    """``fs.find(path)`` that raises on a directory it cannot list instead of leaving it out (what fsspec's walk
-    does, below the top directory even with ``on_error="raise"``). Object stores list a prefix flat, in one
-    paginated listing that raises on any error; other filesystems are walked one ``ls`` per directory."""
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    if protocols & BUCKET_PROTOCOLS:
+    """``fs.find(path)`` that raises on a directory it cannot list instead of leaving it out.
+
+    fsspec's default ``find`` walks and leaves out any directory whose listing fails (below the top one even with
+    ``on_error="raise"``, which its walk does not pass down): such filesystems are walked here, one ``ls`` per
+    directory, raising. A filesystem with a ``find`` of its own is trusted: the object stores' lists a prefix
+    flat, in one paginated listing that raises on any error."""
+    if _own_find(fs):
         return fs.find(path, detail=detail)
     found: dict[str, dict[str, Any]] = {}
     pending = [path]
@@ -354,6 +360,12 @@ def find_all(fs, path: str, detail: bool = False):
             else:
                 found[info["name"]] = info
     return found if detail else sorted(found)
+
+
+def _own_find(fs) -> bool:
+    if isinstance(fs, AsyncFileSystem):
+        return type(fs)._find is not AsyncFileSystem._find
+    return type(fs).find is not AbstractFileSystem.find
 
 
 def _walk_local(root: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -408,24 +420,13 @@ def _source_file(fs, path: str, info: Mapping[str, Any]) -> SourceFile:
     return SourceFile(local_uri(path) if is_local(fs) else fs.unstrip_protocol(path), size, version)
 
 
-def current_version(uri: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """The version :func:`list_inputs` would list for ``uri`` now (asking the store), None when it is gone."""
-    fs, path = filesystem_for(uri, storage_options)
-    forget_listings(fs, path)
-    try:
-        info = with_retries(lambda: _file_info(fs, path), f"checking {uri}")
-    except FileNotFoundError:
-        return None
-    return _source_file(fs, path, info).version
-
-
 def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):
     wanted = tuple(s.lower() for s in suffixes)
     files, skipped = [], []
     for p, info in infos.items():
-        if info.get("type", "file") != "file":
+        if info.get("type", "file") == "directory":
             continue
-        if p.lower().endswith(wanted):
+        if info.get("type", "file") == "file" and p.lower().endswith(wanted):
             files.append(_source_file(fs, p, info))
         else:
             skipped.append(local_uri(p) if is_local(fs) else fs.unstrip_protocol(p))

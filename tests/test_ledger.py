@@ -1,4 +1,5 @@
-"""The ledger's run protocol on synthetic part files: plan, commit, visibility, recovery, compaction.
+"""The ledger's run protocol on synthetic part files: plan (and its sync limit), commit (and the versions it
+records), visibility, recovery, compaction.
 
 Workers are simulated by writing page/error blocks tagged with the run id, exactly as the pipeline's
 sink does, so every outcome (complete, half-written, repeated, failed) can be set up precisely.

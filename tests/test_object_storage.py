@@ -158,10 +158,12 @@ def test_an_unreachable_endpoint_fails_before_any_work_naming_the_setting(moto, 
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    assert run_job(cfg_for("s3://corpus/pdfs", str(tmp_path / "a"), closed, None)) == 2
-    assert "source.storage_options" in capsys.readouterr().err
-    assert run_job(cfg_for(str(sample_corpus), "s3://corpus/index", None, closed)) == 2
-    assert "output.storage_options" in capsys.readouterr().err
+    once = ["+source.storage_options.config_kwargs.retries.max_attempts=1"]  # botocore's 4 retries would take 14 s
+    assert run_job(cfg_for("s3://corpus/pdfs", str(tmp_path / "a"), closed, None, once)) == 2
+    assert "cannot reach the object store" in (err := capsys.readouterr().err) and "source.storage_options" in err
+    once = ["+output.storage_options.config_kwargs.retries.max_attempts=1"]
+    assert run_job(cfg_for(str(sample_corpus), "s3://corpus/index", None, closed, once)) == 2
+    assert "cannot reach the object store" in (err := capsys.readouterr().err) and "output.storage_options" in err
     assert not (tmp_path / "a").exists()
 
 

@@ -179,13 +179,47 @@ class RayDataBackend:
         rows_per_block = -(-sources.num_rows // n_blocks)
         blocks = [sources.slice(start, rows_per_block) for start in range(0, sources.num_rows, rows_per_block)]
         dataset = ray.data.from_arrow(blocks)
+        previous: Stage | None = None
         for stage in plan.stages:
-            dataset = _map_stage(dataset, stage, plan)
+            dataset = _map_stage(dataset, stage, plan, _fused_window(previous, stage, plan))
+            previous = stage
         return dataset
 
 
-def _map_stage(dataset: ray.data.Dataset, stage: Stage, plan: StagePlan) -> ray.data.Dataset:
-    """``dataset`` followed by ``stage``: on an actor pool when the stage is stateful, else as tasks.
+def _fused_window(previous: Stage | None, stage: Stage, plan: StagePlan) -> int | None:
+    """Rows per call for ``stage`` when it takes whole blocks right behind a fan-out stage that emits windows.
+
+    Ray Data re-merges what a task's generator yields into blocks of up to ``target_max_block_size`` (128 MiB)
+    before the next stage sees them (fused into the same task or not): a whole-block stage behind rasterization
+    would get hundreds of one document's pages in one call and make all their model inputs at once (14 MB a page
+    at the ColQwen2.5 budget). Called window by window, it holds one window of its output at a time, and the
+    merged input is bounded by the block size (JPEG bytes), not by the document's length.
+    """
+    window = getattr(previous, "window_pages", None)
+    if previous is None or not previous.changes_row_count or not isinstance(window, int):
+        return None
+    if stage.stateful or plan.resources_of(stage).batch_size is not None:
+        return None  # an actor pool or a set batch size: Ray Data already cuts the input into batches
+    return window
+
+
+@dataclass
+class _InWindows:
+    """A stage called on ``rows``-row slices of each block it is given, yielding each slice's output as it comes."""
+
+    stage: Stage
+    rows: int
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for start in range(0, batch.num_rows, self.rows):
+            yield from self.stage(batch.slice(start, self.rows))
+
+
+def _map_stage(
+    dataset: ray.data.Dataset, stage: Stage, plan: StagePlan, window: int | None = None
+) -> ray.data.Dataset:
+    """``dataset`` followed by ``stage``: on an actor pool when the stage is stateful, else as tasks (with
+    ``window``: called on slices of that many rows of each block, see :func:`_fused_window`).
 
     Resources go through ``map_batches``' named parameters and the pool size through ``compute``
     (``ActorPoolStrategy``/``TaskPoolStrategy``), the current Ray Data forms.
@@ -217,8 +251,9 @@ def _map_stage(dataset: ray.data.Dataset, stage: Stage, plan: StagePlan) -> ray.
             compute=ActorPoolStrategy(size=res.concurrency or 1),
             **common,
         )
+    fn = _InWindows(stage, window) if window else stage
     return dataset.map_batches(
-        stage, compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None, **common
+        fn, compute=TaskPoolStrategy(size=res.concurrency) if res.concurrency else None, **common
     )
 
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pytest
 
+from pipelines import schema
 from pipelines.backends import ray_data
 from pipelines.backends.base import StagePlan, StageResources
 from pipelines.backends.sizing import cpu_workers
@@ -104,3 +105,52 @@ def test_cpu_workers_per_gpu_keep_up_with_its_pages_per_second():
     assert cpu_workers(0.0, costs) == {"rasterize": 1, "preprocess": 1, "pool": 1}
     with pytest.raises(ValueError, match="costs >= 0"):
         cpu_workers(1.0, {"pool": -1.0})
+
+
+@dataclass
+class _Windows(Stage):
+    """One document -> ``pages`` page rows, yielded ``window_pages`` at a time (like rasterization)."""
+
+    name: ClassVar[str] = "windows"
+    changes_row_count: ClassVar[bool] = True
+    window_pages: int = 4
+    pages: int = 40
+
+    def process_stream(self, batch: pa.Table):
+        for uri in batch.column("source_uri").to_pylist():
+            for start in range(1, self.pages + 1, self.window_pages):
+                numbers = range(start, min(start + self.window_pages, self.pages + 1))
+                yield schema.rows_to_table([{"source_uri": uri, "page_number": n} for n in numbers])
+
+
+@dataclass
+class _CallSize(_Task):
+    """Records in each row how many rows the call that saw it was given (``n_tokens``)."""
+
+    name: ClassVar[str] = "call_size"
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        index = batch.schema.get_field_index("n_tokens")
+        return batch.set_column(index, "n_tokens", pa.array([batch.num_rows] * batch.num_rows, pa.int32()))
+
+
+def test_a_whole_block_stage_behind_rasterization_gets_one_window_at_a_time(ray_cluster):
+    # Ray Data merges what the fan-out stage yields into blocks of up to 128 MiB before the fused stage sees them:
+    # the stage after rasterization (preprocess: model inputs, 14 MB a page) got a whole document in one call.
+    same = StageResources(num_cpus=0.5, batch_size=None)
+    plan = StagePlan(
+        [_Windows(), _CallSize()], {"windows": StageResources(num_cpus=0.5, batch_size=1), "call_size": same}
+    )
+    sources = pa.table({"source_uri": ["file:///long.pdf"], "source_size": [1]}, schema=schema.SOURCE_SCHEMA)
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    try:
+        table = pa.concat_tables(ray.get(ray_data.RayDataBackend()._dataset(sources, plan).to_arrow_refs()))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert sorted(table.column("page_number").to_pylist()) == list(range(1, 41))
+    assert max(table.column("n_tokens").to_pylist()) == 4
