@@ -403,8 +403,9 @@ class PageRenderer:
 
     Sources are read with ``storage_options``, only when at most ``max_file_bytes`` (None: the rasterize stage's
     default ``rasterize.max_file_bytes``; the size is asked first, a larger file is never read), and kept for
-    later hits up to ``cache_bytes`` in all (least recently used files go first); the pdfium worker (if needed) is started once and closed by :meth:`close`. Render failures fall
-    back to the page's thumbnail (then to a blank page), with the reason logged.
+    later hits up to ``cache_bytes`` in all (least recently used files go first); the pdfium worker (if needed) is
+    started once and closed by :meth:`close`. Render failures fall back to the page's thumbnail (then to a blank
+    page), with the reason logged.
     """
 
     def __init__(
