@@ -34,7 +34,8 @@ from typing import Any
 
 from vespa.retries import NO_RETRY
 
-from pipelines.vespa.client import VespaEndpoint, scrub
+from pipelines.redaction import redact_text
+from pipelines.vespa.client import VespaEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ async def _feed(
             except Exception as exc:  # timeouts, resets, dropped connections: all transport-level
                 status, message = None, f"{type(exc).__name__}: {exc}"
             attempt += 1
-            message = scrub(message, secrets)
+            message = redact_text(message, secrets)
             if status == 200:
                 return Outcome(op.doc_id, op.kind, "acked", status, attempt, "", op.meta)
             if status == FEED_BLOCKED_STATUS:
