@@ -5,17 +5,22 @@ Contract of :func:`run_operations`: every operation it sends comes back as exact
 
 * ``acked``          Vespa answered 200: the put/remove is durable in the cluster;
 * ``failed``         a non-retryable answer (e.g. 400 for a document the schema rejects), or retries
-                     exhausted; ``status``/``message`` say why;
+                     exhausted while Vespa answered other operations; ``status``/``message`` say why;
 * ``blocked``        Vespa answered 507 (feed blocked at resource limits) for it;
-* ``not_attempted``  the feed stopped (507) before this already-queued operation was sent.
+* ``unavailable``    Vespa answered nothing but transient failures for ``max_outage_s`` (an outage,
+                     see :class:`OutageClock`) while this operation was being retried;
+* ``not_attempted``  the feed stopped (507 or outage) before this already-queued operation was sent.
 
-After a 507 the iterator is not consumed further, so operations never pulled have no outcome: the
-caller knows what it planned and counts the difference as remaining.
+After a 507 or an outage the iterator is not consumed further, so operations never pulled have no
+outcome: the caller knows what it planned and counts the difference as remaining.
 
 429, 502, 503, 504, timeouts and dropped connections are retried with exponential backoff and full
-jitter. A 507 stops the whole feed: in-flight operations finish, nothing new is sent, and
-:attr:`FeedResult.blocked_message` carries Vespa's reason. Nothing raises for per-document problems;
-only programming errors escape.
+jitter, ``max_retries`` times per operation; but while Vespa answers nothing at all (every operation
+failing since this one's first failure) an operation keeps retrying until the outage deadline
+instead: a cluster that is down is not a document's fault. A 507 stops the whole feed: in-flight
+operations finish, nothing new is sent, and :attr:`FeedResult.blocked_message` carries Vespa's
+reason; an outage longer than ``max_outage_s`` stops it likewise (:attr:`FeedResult.outage_s`).
+Nothing raises for per-document problems; only programming errors escape.
 
 The HTTP/2 client is pyvespa's async session, with pyvespa's own retry layer switched off
 (``NO_RETRY``) so the policy above is the only one and 507/400 are seen as they happen.
@@ -25,10 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +56,18 @@ class FeedSettings:
     max_in_flight: int = 64  # concurrent requests (HTTP/2 streams) per feeding process
     connections: int = 1
     request_timeout_s: float = 60.0
-    max_retries: int = 10  # per operation, for retryable answers
+    max_retries: int = 10  # per operation, for retryable answers while Vespa answers other operations
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     # gzip bodies over 1 KiB. Off by default: pyvespa compresses at the highest level on the event-loop
     # thread, which serializes a feed of ~100 KB pages; turn it on when bandwidth, not CPU, is scarce.
     compress: bool = False
+    # How long a feed waits through a Vespa outage: consecutive seconds in which every request failed
+    # transiently (timeouts, dropped connections, 429/502/503/504), across all operations, not per
+    # operation. Past it the feed gives up; what it did not get acknowledged stays for the next feed
+    # (the index job and jobs.feed exit 6). Requests already in flight finish first, so a feed ends
+    # within max_outage_s plus one request_timeout_s of the outage's start.
+    max_outage_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -63,6 +75,9 @@ class FeedSettings:
             raise ValueError(msg)
         if self.max_retries < 0 or self.request_timeout_s <= 0:
             msg = "vespa.feed.max_retries must be >= 0 and vespa.feed.request_timeout_s > 0"
+            raise ValueError(msg)
+        if not self.max_outage_s > 0:
+            msg = f"vespa.feed.max_outage_s must be > 0 (seconds), got {self.max_outage_s}"
             raise ValueError(msg)
 
 
@@ -83,7 +98,7 @@ class Operation:
 class Outcome:
     doc_id: str
     kind: str
-    state: str  # acked | failed | blocked | not_attempted
+    state: str  # acked | failed | blocked | unavailable | not_attempted
     status: int | None = None
     attempts: int = 0
     message: str = ""
@@ -95,6 +110,7 @@ class FeedResult:
     outcomes: list[Outcome]
     seconds: float
     blocked_message: str | None = None
+    outage_s: float | None = None  # set when the feed gave up on an outage: how long Vespa had been down
 
     def count(self, state: str, kind: str | None = None) -> int:
         return sum(1 for o in self.outcomes if o.state == state and (kind is None or o.kind == kind))
@@ -102,6 +118,50 @@ class FeedResult:
     @property
     def blocked(self) -> bool:
         return self.blocked_message is not None
+
+    @property
+    def unavailable(self) -> bool:
+        return self.outage_s is not None
+
+
+@dataclass
+class OutageClock:
+    """The outage deadline of a feed (``vespa.feed.max_outage_s``), shared by all its operations.
+
+    An outage starts with the first attempt that fails transiently after Vespa last answered (any
+    answer that is not transient: 200, 400, 507), and ends at the next answer. Once it has lasted
+    ``max_outage_s`` the clock has ``expired`` and the feed gives up. Times are ``time.monotonic()``.
+
+    ``probe``: this run already waited out an outage; the first failure before any answer gives up at
+    once (one round of requests finds out whether Vespa is back). ``peer_gave_up`` is asked when an
+    outage starts: True when another process feeding the same run already gave up, so this one does too.
+    """
+
+    max_outage_s: float
+    probe: bool = False
+    peer_gave_up: Callable[[], bool] | None = None
+    last_answer: float = field(default_factory=time.monotonic)
+    down_since: float | None = None
+    expired: bool = False
+
+    def answered(self) -> None:
+        self.last_answer, self.down_since, self.probe = time.monotonic(), None, False
+
+    def failed(self, attempt_started: float) -> None:
+        """Count a transient failure of an attempt sent at ``attempt_started``."""
+        if self.down_since is None:
+            self.down_since = max(attempt_started, self.last_answer)
+            if self.probe or (self.peer_gave_up is not None and self.peer_gave_up()):
+                self.expired = True
+        if self.down_for() >= self.max_outage_s:
+            self.expired = True
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def remaining(self) -> float:
+        """Seconds until the deadline of the current outage (``max_outage_s`` when Vespa is up)."""
+        return max(0.0, self.max_outage_s - self.down_for())
 
 
 def backoff_seconds(attempt: int, settings: FeedSettings) -> float:
@@ -122,7 +182,7 @@ def response_message(json_body: Any) -> str:
 
 
 async def _feed(
-    operations: Iterable[Operation], endpoint: VespaEndpoint, settings: FeedSettings, on_outcome=None
+    operations: Iterable[Operation], endpoint: VespaEndpoint, settings: FeedSettings, clock: OutageClock, on_outcome
 ) -> FeedResult:
     app = endpoint.connect()
     secrets = endpoint.secrets()
@@ -135,11 +195,14 @@ async def _feed(
         attempt = 0
         status: int | None = None
         message = ""
+        first_failure: float | None = None  # when this operation first failed (time.monotonic())
         while True:
             if stop.is_set():
-                # Another request hit 507: do not add load; the operation stays for the resumed run.
-                state = "blocked" if attempt else "not_attempted"
+                # Another request hit 507 or the outage deadline: do not add load; the operation stays
+                # for the resumed run.
+                state = ("blocked" if blocked else "unavailable") if attempt else "not_attempted"
                 return Outcome(op.doc_id, op.kind, state, status, attempt, message, op.meta)
+            sent = time.monotonic()
             try:
                 if op.fields is not None:
                     response = await session.feed_data_point(
@@ -154,6 +217,8 @@ async def _feed(
                 status, message = None, f"{type(exc).__name__}: {exc}"
             attempt += 1
             message = redact_text(message, secrets)
+            if not is_transient(status):
+                clock.answered()
             if status == 200:
                 return Outcome(op.doc_id, op.kind, "acked", status, attempt, "", op.meta)
             if status == FEED_BLOCKED_STATUS:
@@ -161,12 +226,21 @@ async def _feed(
                     blocked.append(message)
                     stop.set()
                 return Outcome(op.doc_id, op.kind, "blocked", status, attempt, message, op.meta)
-            retryable = is_transient(status)
-            if not retryable or attempt > settings.max_retries:
-                if retryable:
-                    message = f"gave up after {attempt} attempts: {message}"
+            if not is_transient(status):
                 return Outcome(op.doc_id, op.kind, "failed", status, attempt, message, op.meta)
-            await asyncio.sleep(backoff_seconds(attempt - 1, settings))
+            clock.failed(sent)
+            if clock.expired:
+                stop.set()
+                message = f"Vespa answered nothing for {clock.down_for():.1f}s (vespa.feed.max_outage_s): {message}"
+                return Outcome(op.doc_id, op.kind, "unavailable", status, attempt, message, op.meta)
+            first_failure = first_failure if first_failure is not None else time.monotonic()
+            if attempt > settings.max_retries and clock.last_answer > first_failure:
+                # Vespa answers other operations: this one's failures are its own, not an outage.
+                message = f"gave up after {attempt} attempts: {message}"
+                return Outcome(op.doc_id, op.kind, "failed", status, attempt, message, op.meta)
+            delay = min(backoff_seconds(attempt - 1, settings), clock.remaining())
+            with contextlib.suppress(TimeoutError):  # woken early when the feed stops
+                await asyncio.wait_for(stop.wait(), timeout=delay)
 
     def record(outcome: Outcome) -> None:
         outcomes.append(outcome)
@@ -192,18 +266,25 @@ async def _feed(
         if pending:
             for task in asyncio.as_completed(pending):
                 record(await task)
-    return FeedResult(outcomes, time.perf_counter() - started, blocked[0] if blocked else None)
+    outage_s = round(clock.down_for(), 3) if clock.expired and not blocked else None
+    return FeedResult(outcomes, time.perf_counter() - started, blocked[0] if blocked else None, outage_s)
 
 
 def run_operations(
-    operations: Iterable[Operation], endpoint: VespaEndpoint, settings: FeedSettings, on_outcome=None
+    operations: Iterable[Operation],
+    endpoint: VespaEndpoint,
+    settings: FeedSettings,
+    on_outcome=None,
+    clock: OutageClock | None = None,
 ) -> FeedResult:
     """Send ``operations``; blocks until each sent one has an :class:`Outcome` (see the module docstring).
 
-    ``on_outcome`` is called for each outcome as it completes (e.g. to checkpoint acks). Safe to call
-    from code that already runs an event loop (the feed then runs on its own thread).
+    ``on_outcome`` is called for each outcome as it completes (e.g. to checkpoint acks). ``clock`` is
+    the outage deadline (default: a fresh one of ``settings.max_outage_s``). Safe to call from code
+    that already runs an event loop (the feed then runs on its own thread).
     """
-    coroutine = _feed(operations, endpoint, settings, on_outcome)
+    clock = clock if clock is not None else OutageClock(settings.max_outage_s)
+    coroutine = _feed(operations, endpoint, settings, clock, on_outcome)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
