@@ -15,9 +15,10 @@ After a 507 or an outage the iterator is not consumed further, so operations nev
 outcome: the caller knows what it planned and counts the difference as remaining.
 
 429, 502, 503, 504, timeouts and dropped connections are retried with exponential backoff and full
-jitter, ``max_retries`` times per operation; but while Vespa answers nothing at all (every operation
-failing since this one's first failure) an operation keeps retrying until the outage deadline
-instead: a cluster that is down is not a document's fault. A 507 stops the whole feed: in-flight
+jitter, ``max_retries`` times per operation while Vespa answers other operations (a request sent
+since the operation's previous attempt was answered); while it answers nothing at all, an operation
+keeps retrying until the outage deadline instead: a cluster that is down is not a document's fault
+(so a lone operation that keeps failing counts as an outage). A 507 stops the whole feed: in-flight
 operations finish, nothing new is sent, and :attr:`FeedResult.blocked_message` carries Vespa's
 reason; an outage longer than ``max_outage_s`` stops it likewise (:attr:`FeedResult.outage_s`).
 Nothing raises for per-document problems; only programming errors escape.
@@ -128,9 +129,11 @@ class FeedResult:
 class OutageClock:
     """The outage deadline of a feed (``vespa.feed.max_outage_s``), shared by all its operations.
 
-    An outage starts with the first attempt that fails transiently after Vespa last answered (any
-    answer that is not transient: 200, 400, 507), and ends at the next answer. Once it has lasted
-    ``max_outage_s`` the clock has ``expired`` and the feed gives up. Times are ``time.monotonic()``.
+    An outage starts with the first attempt that fails transiently (timeout, dropped connection,
+    429/502/503/504), and ends when Vespa answers (200, 400, 507: anything not transient) a request
+    sent after it started; answers to requests sent before it (still in flight when Vespa went down)
+    do not end it. Once it has lasted ``max_outage_s`` the clock has ``expired`` and the feed gives up.
+    Times are ``time.monotonic()`` at which requests were sent.
 
     ``probe``: this run already waited out an outage; the first failure before any answer gives up at
     once (one round of requests finds out whether Vespa is back). ``peer_gave_up`` is asked when an
@@ -140,21 +143,28 @@ class OutageClock:
     max_outage_s: float
     probe: bool = False
     peer_gave_up: Callable[[], bool] | None = None
-    last_answer: float = field(default_factory=time.monotonic)
+    last_answer: float = field(default_factory=time.monotonic)  # when the latest answered request was sent
     down_since: float | None = None
     expired: bool = False
 
-    def answered(self) -> None:
-        self.last_answer, self.down_since, self.probe = time.monotonic(), None, False
+    def answered(self, sent: float) -> None:
+        """Count an answer to a request sent at ``sent``."""
+        self.last_answer, self.probe = max(self.last_answer, sent), False
+        if self.down_since is not None and sent >= self.down_since:
+            self.down_since = None
 
-    def failed(self, attempt_started: float) -> None:
-        """Count a transient failure of an attempt sent at ``attempt_started``."""
+    def failed(self, sent: float) -> None:
+        """Count a transient failure of a request sent at ``sent``."""
         if self.down_since is None:
-            self.down_since = max(attempt_started, self.last_answer)
+            self.down_since = max(sent, self.last_answer)
             if self.probe or (self.peer_gave_up is not None and self.peer_gave_up()):
                 self.expired = True
         if self.down_for() >= self.max_outage_s:
             self.expired = True
+
+    def answers_others(self, sent: float) -> bool:
+        """Whether Vespa answered a request sent after ``sent``: then a failure of ``sent`` is not an outage."""
+        return self.last_answer > sent
 
     def down_for(self) -> float:
         return 0.0 if self.down_since is None else time.monotonic() - self.down_since
@@ -166,7 +176,7 @@ class OutageClock:
 
 def backoff_seconds(attempt: int, settings: FeedSettings) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(max, initial * 2**attempt)]."""
-    return random.uniform(0, min(settings.backoff_max_s, settings.backoff_initial_s * 2**attempt))
+    return random.uniform(0, min(settings.backoff_max_s, settings.backoff_initial_s * 2 ** min(attempt, 32)))
 
 
 def is_transient(status: int | None) -> bool:
@@ -195,7 +205,7 @@ async def _feed(
         attempt = 0
         status: int | None = None
         message = ""
-        first_failure: float | None = None  # when this operation first failed (time.monotonic())
+        previous: float | None = None  # when this operation's previous failed attempt was sent
         while True:
             if stop.is_set():
                 # Another request hit 507 or the outage deadline: do not add load; the operation stays
@@ -218,7 +228,7 @@ async def _feed(
             attempt += 1
             message = redact_text(message, secrets)
             if not is_transient(status):
-                clock.answered()
+                clock.answered(sent)
             if status == 200:
                 return Outcome(op.doc_id, op.kind, "acked", status, attempt, "", op.meta)
             if status == FEED_BLOCKED_STATUS:
@@ -233,11 +243,11 @@ async def _feed(
                 stop.set()
                 message = f"Vespa answered nothing for {clock.down_for():.1f}s (vespa.feed.max_outage_s): {message}"
                 return Outcome(op.doc_id, op.kind, "unavailable", status, attempt, message, op.meta)
-            first_failure = first_failure if first_failure is not None else time.monotonic()
-            if attempt > settings.max_retries and clock.last_answer > first_failure:
-                # Vespa answers other operations: this one's failures are its own, not an outage.
+            if attempt > settings.max_retries and clock.answers_others(previous if previous is not None else sent):
+                # Vespa answered requests sent since this one's previous attempt: its failures are its own.
                 message = f"gave up after {attempt} attempts: {message}"
                 return Outcome(op.doc_id, op.kind, "failed", status, attempt, message, op.meta)
+            previous = sent
             delay = min(backoff_seconds(attempt - 1, settings), clock.remaining())
             with contextlib.suppress(TimeoutError):  # woken early when the feed stops
                 await asyncio.wait_for(stop.wait(), timeout=delay)
