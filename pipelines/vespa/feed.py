@@ -16,7 +16,7 @@ outcome: the caller knows what it planned and counts the difference as remaining
 
 429, 502, 503, 504, timeouts and dropped connections are retried with exponential backoff and full
 jitter, ``max_retries`` times per operation while Vespa answers other operations (a request sent
-since the operation's previous attempt was answered); while it answers nothing at all, an operation
+after the operation's previous attempt failed was answered); while it answers nothing at all, an operation
 keeps retrying until the outage deadline instead: a cluster that is down is not a document's fault
 (so a lone operation that keeps failing counts as an outage). A 507 stops the whole feed: in-flight
 operations finish, nothing new is sent, and :attr:`FeedResult.blocked_message` carries Vespa's
@@ -162,9 +162,9 @@ class OutageClock:
         if self.down_for() >= self.max_outage_s:
             self.expired = True
 
-    def answers_others(self, sent: float) -> bool:
-        """Whether Vespa answered a request sent after ``sent``: then a failure of ``sent`` is not an outage."""
-        return self.last_answer > sent
+    def answers_others(self, since: float) -> bool:
+        """Whether Vespa answered a request sent after ``since``: then failures meanwhile are no outage."""
+        return self.last_answer > since
 
     def down_for(self) -> float:
         return 0.0 if self.down_since is None else time.monotonic() - self.down_since
@@ -205,7 +205,7 @@ async def _feed(
         attempt = 0
         status: int | None = None
         message = ""
-        previous: float | None = None  # when this operation's previous failed attempt was sent
+        previous: float | None = None  # when this operation's previous attempt failed
         while True:
             if stop.is_set():
                 # Another request hit 507 or the outage deadline: do not add load; the operation stays
@@ -243,11 +243,12 @@ async def _feed(
                 stop.set()
                 message = f"Vespa answered nothing for {clock.down_for():.1f}s (vespa.feed.max_outage_s): {message}"
                 return Outcome(op.doc_id, op.kind, "unavailable", status, attempt, message, op.meta)
+            failed_at = time.monotonic()
             if attempt > settings.max_retries and clock.answers_others(previous if previous is not None else sent):
-                # Vespa answered requests sent since this one's previous attempt: its failures are its own.
+                # Vespa answered requests sent since this one's previous attempt failed: its failures are its own.
                 message = f"gave up after {attempt} attempts: {message}"
                 return Outcome(op.doc_id, op.kind, "failed", status, attempt, message, op.meta)
-            previous = sent
+            previous = failed_at
             delay = min(backoff_seconds(attempt - 1, settings), clock.remaining())
             with contextlib.suppress(TimeoutError):  # woken early when the feed stops
                 await asyncio.wait_for(stop.wait(), timeout=delay)
