@@ -151,7 +151,14 @@ def run_evaluation(cfg: DictConfig, command: str | None = None) -> dict[str, Any
     from pipelines.driver import run_index
 
     # One query encoder for every searcher: queries are encoded once and ranked over every index.
-    model = QueryModel(spec.name, cfg.model.name_or_path, cfg.model.cache_dir, cfg.model.device, cfg.model.dtype)
+    model = QueryModel(
+        spec.name,
+        cfg.model.name_or_path,
+        cfg.model.cache_dir,
+        cfg.model.device,
+        cfg.model.dtype,
+        bool(cfg.model.trust_remote_code),
+    )
     encoder = model.load()
     texts = [dataset.queries[qid] for qid in query_ids]
     started = time.perf_counter()

@@ -5,7 +5,8 @@
 
 Exit status: 0 when every operation was acknowledged; 1 when some documents failed (listed, and
 retried by the next run); 3 when Vespa blocked the feed (507: resource limits), rerun to resume;
-2 on bad configuration or a missing index.
+2 on bad configuration or a missing index; 6 when Vespa answered nothing for more than
+``vespa.feed.max_outage_s`` seconds (down or unreachable): rerun once it is up, the feed resumes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ logger = logging.getLogger("jobs.feed")
 
 EXIT_FAILED = 1
 EXIT_BLOCKED = 3
+EXIT_UNAVAILABLE = 6
 
 
 def blocked_help(report: dict) -> str:
@@ -35,6 +37,18 @@ def blocked_help(report: dict) -> str:
         f"command; it resumes with the {report['puts_remaining']} pages and {report['removes_remaining']} "
         "removals not yet acknowledged (python -m jobs.feed index=<index> resumes an inline feed too)."
     )
+
+
+def unavailable_help(report: dict, index: str | None = None) -> str:
+    """Why a feed gave up on a Vespa outage and what to run; ``index``: said by the index job, whose
+    pages are committed."""
+    waiting = f"{report['puts_remaining']} pages waiting to be fed"
+    if report["removes_remaining"]:
+        waiting += f" and {report['removes_remaining']} stale pages waiting to be removed"
+    head = f"Vespa unavailable for more than vespa.feed.max_outage_s ({report['max_outage_s']:g} s)"
+    if index is not None:
+        return f"{head}; pages committed to the index, {waiting}: rerun or python -m jobs.feed index={index}"
+    return f"{head}; {waiting}: rerun the same command once Vespa answers (acknowledged pages are not sent again)"
 
 
 def print_report(report: dict) -> None:
@@ -100,6 +114,8 @@ def run(cfg: DictConfig) -> int:
     except (ConfigError, ValueError) as exc:
         return error(str(exc))
     print_report(report)
+    if report["unavailable"]:
+        return error(unavailable_help(report), code=EXIT_UNAVAILABLE)
     if report["blocked"]:
         return error(blocked_help(report), code=EXIT_BLOCKED)
     if not report["complete"]:

@@ -11,9 +11,12 @@ an error); 1 when some file is unaccounted for (or, feeding Vespa inline, some p
 2 on bad configuration or a missing/denied location; 3 when Vespa blocked the feed (507):
 ``python -m jobs.feed index=<output.location>`` resumes it; 4 when more than ``max_error_rate`` of the
 listed files failed; 5 when another run writes the same index (its lease is held; see ``lease`` in
-conf/index.yaml), or took it over while this run worked; 7 when the source could not be listed completely
-(a directory or prefix that fails to list; nothing was planned) or ``source.sync`` would remove more than
-``source.sync_max_removed`` of the index (``source.sync_force=true`` removes them anyway).
+conf/index.yaml), or took it over while this run worked; 6 when, feeding Vespa inline, Vespa answered
+nothing for more than ``vespa.feed.max_outage_s``: the pages are committed to the index, and a rerun
+or ``python -m jobs.feed index=<output.location>`` feeds those not yet fed; 7 when the source could not
+be listed completely (a directory or prefix that fails to list; nothing was planned) or ``source.sync``
+would remove more than ``source.sync_max_removed`` of the index (``source.sync_force=true`` removes them
+anyway).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from jobs._common import error, setup_logging
-from jobs.feed import EXIT_BLOCKED, blocked_help
+from jobs.feed import EXIT_BLOCKED, EXIT_UNAVAILABLE, blocked_help, unavailable_help
 from pipelines.driver import run_index
 from pipelines.errors import ConfigError
 from pipelines.index.lease import IndexLocked, LeaseLost
@@ -104,6 +107,8 @@ def exit_status(report: dict) -> int:
     if report["files_unaccounted"]:
         return error(f"{len(report['files_unaccounted'])} input files are unaccounted for", code=1)
     vespa = report.get("vespa")
+    if vespa and vespa["unavailable"]:
+        return error(unavailable_help(vespa, index=report["index"]), code=EXIT_UNAVAILABLE)
     if vespa and vespa["blocked"]:
         return error(blocked_help(vespa), code=EXIT_BLOCKED)
     if vespa and not vespa["complete"]:

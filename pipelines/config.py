@@ -152,7 +152,7 @@ def _check(job: IndexJobConfig) -> None:
         from pipelines.models import remote
 
         # Its code comes with the checkpoint: say now, not from a worker, when it cannot be loaded here.
-        remote.check_available(job.spec, job.model.name_or_path or job.spec.hub_id)
+        remote.check_available(job.spec, job.model.name_or_path or job.spec.hub_id, job.model.trust_remote_code)
     if job.backend not in BACKENDS:
         msg = f"backend must be one of {list(BACKENDS)}, got {job.backend!r}"
         raise ConfigError(msg)

@@ -34,8 +34,8 @@ from pipelines.index.ledger import Plan
 from pipelines.index.location import IndexLocation
 from pipelines.index.storage import CONFIG_FILE, REPORT_FILE
 from pipelines.index.writer import PartWriter
+from pipelines.redaction import redact
 from pipelines.testing import failpoints
-from pipelines.vespa.client import redact
 from pipelines.vespa.inline import InlineFeed
 
 logger = logging.getLogger(__name__)
@@ -242,5 +242,6 @@ def report(run: IndexRun) -> dict[str, Any]:
         "versions": environment.versions(("ray", "torch", "transformers", "colpali-engine", "pyarrow", "pdf2image")),
         "vespa": run.vespa,
     }
+    out = redact(out)  # locations and error messages may carry credentials (URL user information)
     run.location.write_text(REPORT_FILE, json.dumps(out, indent=2, default=str))
     return out

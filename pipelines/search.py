@@ -493,18 +493,25 @@ class PageHit:
 
 @dataclass
 class QueryModel:
-    """Which model encodes the queries and where it runs (the search config's ``model`` group)."""
+    """Which model encodes the queries and where it runs (the search config's ``model`` group).
+
+    ``trust_remote_code`` lets a ``remote_code`` checkpoint's own code run: the user's setting, never an index's.
+    """
 
     name: str
     name_or_path: str | None = None
     cache_dir: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    trust_remote_code: bool = False
 
     def load(self) -> MultiVectorEncoder:
         from pipelines.models.encoder import MultiVectorEncoder
 
-        return MultiVectorEncoder(self.name, self.name_or_path, self.cache_dir, self.device, self.dtype)
+        return MultiVectorEncoder(
+            self.name, self.name_or_path, self.cache_dir, self.device, self.dtype,
+            trust_remote_code=self.trust_remote_code,
+        )  # fmt: skip
 
 
 class Searcher:
@@ -746,11 +753,13 @@ def _index_muvera(index_cfg: DictConfig | None) -> MuveraSettings | None:
 
 
 def _query_model(cfg: DictConfig, index_cfg: DictConfig | None) -> QueryModel:
-    """The index's own model (``model.name`` overrides it); paths from the config, else from the index."""
+    """The index's own model (``model.name`` overrides it); paths from the config, else from the index.
+    ``trust_remote_code`` only from the search config (the user's), never from the index's stored config."""
     if cfg.model.name:
         name, name_or_path, cache_dir = cfg.model.name, cfg.model.name_or_path, cfg.model.cache_dir
     else:
         name = index_cfg.model.name
         name_or_path = cfg.model.name_or_path or index_cfg.model.name_or_path
         cache_dir = cfg.model.cache_dir or index_cfg.model.cache_dir
-    return QueryModel(str(name), name_or_path, cache_dir, str(cfg.model.device), str(cfg.model.dtype))
+    trust = bool(cfg.model.get("trust_remote_code", False))
+    return QueryModel(str(name), name_or_path, cache_dir, str(cfg.model.device), str(cfg.model.dtype), trust)

@@ -26,8 +26,10 @@ feature ``quantized`` is those similarities min-max scaled over the page to -1..
 Vespa's ColPali sample application (one extra query restricted to the hits' page ids).
 
 **Images.** The index stores no page images (only thumbnails), so each hit's page is rendered again from
-its ``source_uri`` with the renderer and pixel size recorded for it (the image the model saw); when the
-source cannot be read the stored thumbnail stands in, and the JSON says so.
+its ``source_uri`` with the renderer and pixel size recorded for it (the image the model saw), read with the
+search job's own credentials (``source.storage_options``, else ``storage_options``; never the index's stored,
+redacted copy) and only when it is within the index's ``rasterize.max_file_bytes``; when the source cannot be
+read the stored thumbnail stands in, the log says why, and the JSON says so.
 
 **Output** (:class:`SimilarityMapWriter`): per hit ``q<query>-r<rank>-<page_id>.png`` (a panel with the
 combined map, the max over query tokens, then one panel per query token) and a ``.json`` next to it with
@@ -41,6 +43,7 @@ import logging
 import math
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +75,8 @@ KINDS = ("float", "unpacked")
 #: The Vespa summary feature with the quantized similarities (the sample application's name).
 QUANTIZED_FEATURE = "quantized"
 _TILE_TOKEN = re.compile(r"<row_(\d+)_col_(\d+)>")
+#: Source bytes :class:`PageRenderer` keeps between hits (the most recently used files; a larger file is not kept).
+SOURCE_CACHE_BYTES = 256 * 2**20
 
 
 def encode_ints(values: np.ndarray) -> bytes:
@@ -396,27 +401,57 @@ def vespa_similarities(
 class PageRenderer:
     """Renders index pages again, as the rasterize stage did: same renderer, same pixel size.
 
-    Sources are read once per URI; the pdfium worker (if needed) is started once and closed by
-    :meth:`close`. Render failures fall back to the page's thumbnail (then to a blank page).
+    Sources are read with ``storage_options``, only when at most ``max_file_bytes`` (None: the rasterize stage's
+    default ``rasterize.max_file_bytes``; the size is asked first, a larger file is never read), and kept for
+    later hits up to ``cache_bytes`` in all (least recently used files go first); the pdfium worker (if needed) is
+    started once and closed by :meth:`close`. Render failures fall back to the page's thumbnail (then to a blank
+    page), with the reason logged.
     """
 
-    def __init__(self, storage_options: Mapping[str, Any] | None = None, memory_limit_mb: int = 2048, timeout_s=120.0):
+    def __init__(
+        self,
+        storage_options: Mapping[str, Any] | None = None,
+        memory_limit_mb: int = 2048,
+        timeout_s=120.0,
+        max_file_bytes: int | None = None,
+        cache_bytes: int = SOURCE_CACHE_BYTES,
+    ):
+        from pipelines.stages.rasterize import RasterizeStage
+
         self.storage_options = dict(storage_options or {})
         self.memory_limit = memory_limit_mb * 2**20 or None
         self.timeout_s = float(timeout_s)
-        self._sources: dict[str, bytes] = {}
+        self.max_file_bytes = int(RasterizeStage.max_file_bytes if max_file_bytes is None else max_file_bytes)
+        self.cache_bytes = int(cache_bytes)
+        self._sources: OrderedDict[str, bytes] = OrderedDict()
         self._pdfium = None
+
+    @property
+    def cached_bytes(self) -> int:
+        """Source bytes held now (at most ``cache_bytes``)."""
+        return sum(len(data) for data in self._sources.values())
+
+    def _source(self, uri: str) -> bytes:
+        """The bytes of ``uri``, from the cache or read (raises :class:`~pipelines.io.FileTooLarge` over the limit)."""
+        from pipelines import io
+
+        if uri in self._sources:
+            self._sources.move_to_end(uri)
+            return self._sources[uri]
+        data = io.read_bytes(uri, self.storage_options, max_bytes=self.max_file_bytes)
+        if len(data) <= self.cache_bytes:
+            self._sources[uri] = data
+            while self.cached_bytes > self.cache_bytes:
+                self._sources.popitem(last=False)
+        return data
 
     def render(self, row: Mapping[str, Any]) -> tuple[Image.Image, str]:
         """``(image, how)``: ``how`` is ``rendered``, ``thumbnail`` or ``blank`` (source unreadable, no thumbnail)."""
-        from pipelines import io
         from pipelines.render import DocumentError
 
         size = (int(row["image_width"]), int(row["image_height"]))
         try:
-            data = self._sources.get(row["source_uri"])
-            if data is None:
-                data = self._sources[row["source_uri"]] = io.read_bytes(row["source_uri"], self.storage_options)
+            data = self._source(row["source_uri"])
             with tempfile.TemporaryDirectory(prefix="similarity-map-") as tmp:
                 path = Path(tmp) / "doc.pdf"
                 path.write_bytes(data)
@@ -573,12 +608,14 @@ class SimilarityMapWriter:
     @classmethod
     def from_config(cls, cfg, searcher: Searcher) -> SimilarityMapWriter:
         """The writer the search job's config asks for (``explain_dir``, ``explain_panel_px``), rendering pages with
-        the index's source storage options and renderer memory limit. Raises :class:`ConfigError` when Vespa hits
-        have no index to take their layouts from."""
+        the job's own source credentials (``source.storage_options``, else ``storage_options``: an index stores its
+        source's options redacted) and the index's renderer limits (``rasterize.memory_limit_mb``, ``timeout_s``,
+        ``max_file_bytes``). Raises :class:`ConfigError` when Vespa hits have no index to take their layouts from."""
         from omegaconf import OmegaConf
 
         from pipelines import index
         from pipelines.search import read_index_config
+        from pipelines.stages.rasterize import RasterizeStage
 
         location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
         index_cfg = read_index_config(location) or OmegaConf.create({})
@@ -591,11 +628,13 @@ class SimilarityMapWriter:
                 )
                 raise ConfigError(msg)
             pages = location.read_pages(PAGE_COLUMNS + LAYOUT_COLUMNS)
-        source = OmegaConf.select(index_cfg, "source.storage_options", default=None)
+        source = OmegaConf.select(cfg, "source.storage_options", default=None)
+        limits = RasterizeStage  # its defaults, for an index whose config does not say
         renderer = PageRenderer(
-            OmegaConf.to_container(source) if source is not None else {},
-            int(OmegaConf.select(index_cfg, "rasterize.memory_limit_mb", default=2048)),
-            float(OmegaConf.select(index_cfg, "rasterize.timeout_s", default=120.0)),
+            OmegaConf.to_container(source if source is not None else cfg.storage_options, resolve=True),
+            int(OmegaConf.select(index_cfg, "rasterize.memory_limit_mb", default=limits.memory_limit_mb)),
+            float(OmegaConf.select(index_cfg, "rasterize.timeout_s", default=limits.timeout_s)),
+            int(OmegaConf.select(index_cfg, "rasterize.max_file_bytes", default=limits.max_file_bytes)),
         )
         return cls(
             searcher, cfg.explain_dir, pages, renderer=renderer, panel_px=int(cfg.get("explain_panel_px") or 320)

@@ -60,12 +60,18 @@ class Fault:
 
 @dataclass
 class FaultProxy:
-    """HTTP/1.1 reverse proxy to ``upstream`` that injects :class:`Fault` s in order."""
+    """HTTP/1.1 reverse proxy to ``upstream`` that injects :class:`Fault` s in order.
+
+    With ``access_key``, a request not signed with that key is refused as S3 refuses a wrong key (403
+    AccessDenied; moto itself accepts any). ``requests`` lists ``(method, path)`` of every request received.
+    """
 
     upstream: str
     faults: list[Fault] = field(default_factory=list)
     injected: Counter = field(default_factory=Counter)
     forwarded: int = 0
+    access_key: str | None = None
+    requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -107,7 +113,9 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
-                kind = proxy.take_fault(self.command, self.path)
+                proxy.requests.append((self.command, self.path))
+                signed = f"Credential={proxy.access_key}/" in self.headers.get("Authorization", "")
+                kind = "AccessDenied" if proxy.access_key and not signed else proxy.take_fault(self.command, self.path)
                 if kind == "reset":
                     self.close_connection = True
                     self.connection.shutdown(2)

@@ -8,6 +8,9 @@ real ``ColIdefics3Processor`` built here with a word-level tokenizer (the proces
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -402,3 +405,58 @@ def test_vespa_maps_are_the_quantized_local_maps(sample_index, tmp_path, fake_ve
     [[record]] = writer.write(["patch"], [raw[patch : patch + 1]], hits, labels=[["patch"]])
     writer.close()
     assert record["tokens"][0]["hottest_cell"] == list(cell_of(layout, patch))
+
+
+def test_maps_of_s3_pages_read_sources_with_the_jobs_own_credentials_within_max_file_bytes(
+    sample_index, sample_corpus, pages, tmp_path, caplog
+):
+    """The index stores its source's storage options redacted (``key: '***'``): rendering with those is refused, so
+    the maps read the sources with the search job's own ``source.storage_options``. A source over the index's
+    ``rasterize.max_file_bytes`` is never read (its size is asked, no GET): the thumbnail stands in, with the reason
+    logged. Sources are cached within ``cache_bytes``."""
+    import s3fs
+    from omegaconf import OmegaConf
+
+    from pipelines.index import CONFIG_FILE
+    from pipelines.redaction import redact
+    from tests.s3_server import FaultProxy, MotoS3, storage_options
+
+    rows = {Path(r["source_uri"]).name: r for r in pages.to_pylist() if r["page_number"] == 1}
+    small, large = sorted(rows, key=lambda name: (sample_corpus / name).stat().st_size)[:2]
+    limit = (sample_corpus / large).stat().st_size - 1
+    with MotoS3() as moto, FaultProxy(moto.url, access_key="job-key") as proxy:
+        options = {**storage_options(proxy.url), "key": "job-key", "secret": "job-secret"}
+        bucket = s3fs.S3FileSystem(**options)
+        bucket.mkdir("sources")
+        for name in (small, large):
+            bucket.pipe(f"sources/{name}", (sample_corpus / name).read_bytes())
+        # An index built from that bucket: its config records the source's options, redacted.
+        index = tmp_path / "index"
+        shutil.copytree(sample_index[0], index)
+        stored = OmegaConf.create((index / CONFIG_FILE).read_text())
+        OmegaConf.update(stored, "source.storage_options", redact(options), force_add=True)
+        OmegaConf.update(stored, "rasterize.max_file_bytes", limit, force_add=True)
+        (index / CONFIG_FILE).write_text(OmegaConf.to_yaml(stored))
+        cfg = compose_config("search", [f"index={index}", f"explain_dir={tmp_path / 'maps'}"])
+        OmegaConf.update(cfg, "source.storage_options", options, force_add=True)
+        writer = SimilarityMapWriter.from_config(cfg, Searcher.from_config(cfg))
+        proxy.requests.clear()
+        try:
+            image, how = writer.renderer.render({**rows[small], "source_uri": f"s3://sources/{small}"})
+            assert how == "rendered" and image.size == (rows[small]["image_width"], rows[small]["image_height"])
+            with caplog.at_level(logging.WARNING, logger="pipelines.similarity_maps"):
+                _, how = writer.renderer.render({**rows[large], "source_uri": f"s3://sources/{large}"})
+            assert how == "thumbnail" and "rasterize.max_file_bytes" in caplog.text
+            assert not [r for r in proxy.requests if r[0] == "GET" and r[1].endswith(large)]
+            # Cached: the small file's page again costs no request; a cache too small for it keeps nothing.
+            before = len(proxy.requests)
+            assert writer.renderer.render({**rows[small], "source_uri": f"s3://sources/{small}"})[1] == "rendered"
+            assert len(proxy.requests) == before and writer.renderer.cached_bytes <= writer.renderer.cache_bytes
+        finally:
+            writer.close()
+        tiny_cache = PageRenderer(options, cache_bytes=100)
+        try:
+            assert tiny_cache.render({**rows[small], "source_uri": f"s3://sources/{small}"})[1] == "rendered"
+            assert tiny_cache.cached_bytes == 0
+        finally:
+            tiny_cache.close()

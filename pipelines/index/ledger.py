@@ -43,13 +43,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import ids, io, schema
 from pipelines.errors import ConfigError
-from pipelines.index.storage import ERRORS_DIR, PAGES_DIR, PartStore, concat
+from pipelines.index.storage import ERRORS_DIR, PAGES_DIR, PartStore, concat, latest_rows
 from pipelines.testing import failpoints
 
 logger = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ class Ledger:
                 continue
             if tables:
                 latest = dict(self._latest)  # copy on write: earlier callers keep the state they were given
-                for row in _latest_rows(pa.concat_tables(tables)).to_pylist():  # rows in write order
+                for row in latest_rows(pa.concat_tables(tables), "source_uri").to_pylist():  # rows in write order
                     latest[row["source_uri"]] = row
                 self._parts, self._latest, self._derived = parts, latest, {}
             return self._latest
@@ -265,7 +264,7 @@ class Ledger:
         """
         replaced = self.location.part_files(SOURCES_DIR)
         tables = [self.location.read_part(path, LEDGER_SCHEMA) for path in replaced]
-        latest = _latest_rows(concat(tables, LEDGER_SCHEMA, None))
+        latest = latest_rows(concat(tables, LEDGER_SCHEMA, None), "source_uri")
         path = self.location.write_part(SOURCES_DIR, latest, tag=run_id)
         failpoints.hit("snapshot_between_write_and_delete")
         for part in replaced:
@@ -514,15 +513,6 @@ def _changed_since_planned(planned: list[dict[str, Any]], listed: Mapping[str, s
         for row in planned
         if row["action"] != REMOVE and listed.get(row["source_uri"]) != row["source_version"]
     }
-
-
-def _latest_rows(table: pa.Table) -> pa.Table:
-    """The last row of each source URI in ``table`` (rows in write order), still in write order."""
-    if table.num_rows < 2:
-        return table
-    numbered = table.select(["source_uri"]).append_column("row", pa.array(np.arange(table.num_rows)))
-    last = numbered.group_by("source_uri", use_threads=False).aggregate([("row", "max")])
-    return table.take(np.sort(last.column("row_max").to_numpy()))
 
 
 PAGE_KEYS = ["source_uri", "doc_id", "page_number", "page_count"]

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -111,15 +112,18 @@ class PartStore:
     def read_report(self) -> dict:
         return json.loads(self.read_text(REPORT_FILE))
 
-    def write_part(self, directory: str, table: pa.Table, tag: str | None = None) -> str:
+    def write_part(self, directory: str, table: pa.Table, tag: str | None = None, after: str | None = None) -> str:
         """Write ``table`` as a new Parquet part file under ``directory`` (relative to the index root).
 
         Names sort in write order and are unique, so parallel writers never collide; ``tag`` (a run
-        id, no dashes) is embedded in the name. Returns the file's path.
+        id, no dashes) is embedded in the name. With ``after`` (a part file's path) the name sorts right
+        after that file's instead of now: a merge of the parts up to ``after`` then sorts before parts
+        other writers appended meanwhile, whose rows stay the later ones. Returns the file's path.
         """
         self.fs.makedirs(self.path(directory), exist_ok=True)
         middle = f"-{tag}" if tag else ""
-        path = self.path(directory, f"part-{time.time_ns():020d}{middle}-{uuid.uuid4().hex[:12]}.parquet")
+        ns = int(posixpath.basename(after).split("-")[1]) + 1 if after else time.time_ns()
+        path = self.path(directory, f"part-{ns:020d}{middle}-{uuid.uuid4().hex[:12]}.parquet")
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd")
         self._write_whole(path, buffer.getvalue().to_pybytes())
@@ -158,6 +162,15 @@ class PartStore:
     def read_parts(self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
         """All part files under ``directory`` as one table (empty, with the schema, if there are none)."""
         return concat(list(self.iter_parts(directory, table_schema, columns)), table_schema, columns)
+
+
+def latest_rows(table: pa.Table, key: str) -> pa.Table:
+    """The last row of each value of column ``key`` in ``table`` (rows in write order), still in write order."""
+    if table.num_rows < 2:
+        return table
+    numbered = table.select([key]).append_column("row", pa.array(np.arange(table.num_rows)))
+    last = numbered.group_by(key, use_threads=False).aggregate([("row", "max")])
+    return table.take(np.sort(last.column("row_max").to_numpy()))
 
 
 def concat(tables: list[pa.Table], table_schema: pa.Schema, columns: list[str] | None) -> pa.Table:

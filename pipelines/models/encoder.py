@@ -29,7 +29,10 @@ from pipelines.models import inputs, registry
 
 
 class PageProcessor:
-    """A registered model's processor: page image -> that page's model inputs (CPU only, no weights)."""
+    """A registered model's processor: page image -> that page's model inputs (CPU only, no weights).
+
+    ``trust_remote_code`` (an option) lets a ``remote_code`` checkpoint's own code run; only the user turns it on.
+    """
 
     def __init__(self, model_name: str, name_or_path: str | None = None, cache_dir: str | None = None, **options):
         self.spec = registry.get_spec(model_name)
@@ -39,7 +42,7 @@ class PageProcessor:
             self.name_or_path = str(random_weights.ensure_processor_dir(self.spec, cache_dir))
         else:
             self.name_or_path = registry.resolve_name_or_path(self.spec, name_or_path, cache_dir)
-        self.processor = registry.load_processor(self.spec, self.name_or_path)
+        self.processor = registry.load_processor(self.spec, self.name_or_path, options.get("trust_remote_code", False))
 
     @property
     def pad_token_id(self) -> int:
@@ -57,10 +60,16 @@ class PageProcessor:
 
 @functools.lru_cache(maxsize=4)
 def page_processor(
-    model_name: str, name_or_path: str | None = None, cache_dir: str | None = None, random_weights: bool = False
+    model_name: str,
+    name_or_path: str | None = None,
+    cache_dir: str | None = None,
+    random_weights: bool = False,
+    trust_remote_code: bool = False,
 ) -> PageProcessor:
     """The :class:`PageProcessor` of a model, loaded once per process (stages are re-created per Ray task)."""
-    return PageProcessor(model_name, name_or_path, cache_dir, random_weights=random_weights)
+    return PageProcessor(
+        model_name, name_or_path, cache_dir, random_weights=random_weights, trust_remote_code=trust_remote_code
+    )
 
 
 @dataclass
@@ -91,8 +100,9 @@ class MultiVectorEncoder:
         dtype: str = "auto",
         attn_implementation: str = "auto",
         random_weights: bool = False,
+        trust_remote_code: bool = False,
     ):
-        self.pages = page_processor(model_name, name_or_path, cache_dir, random_weights)
+        self.pages = page_processor(model_name, name_or_path, cache_dir, random_weights, trust_remote_code)
         self.spec = self.pages.spec
         self.name_or_path = self.pages.name_or_path
         self.processor = self.pages.processor
@@ -102,7 +112,9 @@ class MultiVectorEncoder:
             self.model = rw.build_model(self.spec, self.processor, device, dtype, attn_implementation)
         else:
             # The processor is the page processor's (loaded once per process), not a second copy.
-            self.model = registry.load_weights(self.spec, self.name_or_path, device, dtype, attn_implementation)
+            self.model = registry.load_weights(
+                self.spec, self.name_or_path, device, dtype, attn_implementation, trust_remote_code
+            )
         self.device = self.model.device
         self.dtype = self.model.dtype
         self.is_cuda = self.device.type == "cuda"

@@ -6,7 +6,9 @@ A real checkpoint name resolves through the Hugging Face hub (or its cache); a t
 ``tiny-colqwen3``, ...: one per architecture family) resolves to a local directory that
 :mod:`pipelines.models.twins` builds offline on first use. A checkpoint that ships its own modeling code
 (``loader="remote_code"``, jina-embeddings-v4) is loaded the way its card says, with ``trust_remote_code``
-(:mod:`pipelines.models.remote`), and fails offline with a message saying how to get its code.
+(:mod:`pipelines.models.remote`), and only when the user says so (``model.trust_remote_code=true``, or
+``trust_remote_code=True`` in Python): never by default for its family, never from an index's stored config.
+Without it, or offline without its code, loading fails with a message saying what to do.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class ModelConfig:
     #: THROUGHPUT ONLY: the registry model's real architecture (pipelines/models/architectures/) with random
     #: weights, built offline; its vectors are meaningless (see pipelines.models.random_weights).
     random_weights: bool = field(default=False, metadata=affects_vectors(omit_default=True))
+    #: Run the modeling code a checkpoint ships (``loader="remote_code"`` models, e.g. jina-v4): only when the user
+    #: sets it (``model.trust_remote_code=true``); no registry default and no index's stored config turns it on.
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
@@ -244,19 +249,31 @@ def pick_attention(device: str, attn_implementation: str = "auto") -> str:
 
 
 def load_model(
-    spec: ModelSpec, name_or_path: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "auto"
+    spec: ModelSpec,
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "auto",
+    trust_remote_code: bool = False,
 ):
     """Load ``(model, processor)`` through ``from_pretrained``; the model is in eval mode on ``device``.
 
-    A ``remote_code`` model is loaded with its own code (:mod:`pipelines.models.remote`); offline and not cached
-    that raises :class:`~pipelines.models.remote.ModelUnavailableError` saying how to get it.
+    A ``remote_code`` model is loaded with its own code (:mod:`pipelines.models.remote`), only with
+    ``trust_remote_code`` (else a :class:`~pipelines.errors.ConfigError` saying to set
+    ``model.trust_remote_code=true``); offline and not cached that raises
+    :class:`~pipelines.models.remote.ModelUnavailableError` saying how to get it.
     """
-    model = load_weights(spec, name_or_path, device, dtype, attn_implementation)
-    return model, load_processor(spec, name_or_path)
+    model = load_weights(spec, name_or_path, device, dtype, attn_implementation, trust_remote_code)
+    return model, load_processor(spec, name_or_path, trust_remote_code)
 
 
 def load_weights(
-    spec: ModelSpec, name_or_path: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "auto"
+    spec: ModelSpec,
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "auto",
+    trust_remote_code: bool = False,
 ):
     """The model alone (see :func:`load_model`), for a caller that already holds the processor."""
     device = pick_device(device)
@@ -265,7 +282,7 @@ def load_weights(
     if spec.loader == "remote_code":
         from pipelines.models import remote
 
-        return remote.load_model(spec, name_or_path, torch_dtype, device, attention)
+        return remote.load_model(spec, name_or_path, torch_dtype, device, attention, trust_remote_code)
     from pipelines.models.colpali import model_classes
 
     model_cls, _ = model_classes(spec.family, spec.model_class, spec.processor_class)
@@ -274,7 +291,7 @@ def load_weights(
     ).eval()
 
 
-def load_processor(spec: ModelSpec, name_or_path: str):
+def load_processor(spec: ModelSpec, name_or_path: str, trust_remote_code: bool = False):
     """The model's processor alone (tokenizer plus image processor), for the CPU preprocessing stage.
 
     ``spec.processor_kwargs`` (e.g. ``max_num_visual_tokens``) are applied on load, so the processor consumes the
@@ -283,7 +300,7 @@ def load_processor(spec: ModelSpec, name_or_path: str):
     if spec.loader == "remote_code":
         from pipelines.models import remote
 
-        return remote.load_processor(spec, name_or_path)
+        return remote.load_processor(spec, name_or_path, trust_remote_code)
     from pipelines.models.colpali import model_classes
 
     _, processor_cls = model_classes(spec.family, spec.model_class, spec.processor_class)

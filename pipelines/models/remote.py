@@ -5,7 +5,9 @@ jina-embeddings-v4 is a Qwen2.5-VL model with its own classes (``JinaEmbeddingsV
 ``AutoModel.from_pretrained(..., trust_remote_code=True)``. That code is only available from the hub (or
 the local hub cache, or a local copy of the repository): offline and uncached, loading fails with
 :class:`ModelUnavailableError`, whose message says how to make the code available, instead of
-transformers' generic connection error.
+transformers' generic connection error. Running a checkpoint's code is the user's decision: every loader here
+takes ``trust_remote_code`` and refuses (:func:`require_trust`) unless it is True, which only the user's own
+``model.trust_remote_code=true`` (or an explicit argument in Python) makes it.
 
 :class:`RemoteCodeModel` and :class:`RemoteCodeProcessor` give the loaded objects the interface the
 encoder uses for colpali-engine models: ``model(**batch) -> (B, L, dim)`` unit multi-vectors with padding
@@ -32,6 +34,17 @@ class ModelUnavailableError(ConfigError):
     :class:`~pipelines.errors.ConfigError`: jobs exit with status 2 and the message)."""
 
 
+def require_trust(spec, name_or_path: str, trust_remote_code: bool) -> None:
+    """Raise :class:`~pipelines.errors.ConfigError` unless the user allowed running the checkpoint's own code."""
+    if not trust_remote_code:
+        msg = (
+            f"model {spec.name!r} ({name_or_path}) can only be loaded by running the modeling code its checkpoint "
+            "ships (trust_remote_code), which is off unless you turn it on: if you trust that code, add "
+            "model.trust_remote_code=true to the command line"
+        )
+        raise ConfigError(msg)
+
+
 def _offline() -> bool:
     import huggingface_hub.constants
 
@@ -49,27 +62,37 @@ def _unavailable(spec, name_or_path: str, exc: Exception) -> ModelUnavailableErr
     return ModelUnavailableError(msg)
 
 
-def check_available(spec, name_or_path: str) -> None:
-    """Fail fast (before a job starts work) when the checkpoint's config and code cannot be loaded here: loads
-    its config with ``trust_remote_code`` (a few kilobytes, from the cache when offline). Raises
-    :class:`ModelUnavailableError`."""
+def check_available(spec, name_or_path: str, trust_remote_code: bool) -> None:
+    """Fail fast (before a job starts work) when the checkpoint's code may not run (:func:`require_trust`) or its
+    config and code cannot be loaded here: loads its config with ``trust_remote_code`` (a few kilobytes, from the
+    cache when offline). Raises :class:`ModelUnavailableError`."""
     from transformers import AutoConfig
 
+    require_trust(spec, name_or_path, trust_remote_code)
     try:
-        AutoConfig.from_pretrained(name_or_path, trust_remote_code=True)
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:  # not cached / unreachable, or a directory that is not the checkpoint
         raise _unavailable(spec, name_or_path, exc) from exc
 
 
-def load_model(spec, name_or_path: str, dtype, device: str, attn_implementation: str | None = None):
+def load_model(
+    spec,
+    name_or_path: str,
+    dtype,
+    device: str,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+):
     """``AutoModel.from_pretrained(name_or_path, trust_remote_code=True)`` wrapped as :class:`RemoteCodeModel`.
 
-    Raises :class:`ModelUnavailableError` when the checkpoint or its code cannot be loaded (offline and not
-    cached, or unreachable); errors raised by the code itself propagate.
+    Raises :class:`~pipelines.errors.ConfigError` without ``trust_remote_code`` (:func:`require_trust`),
+    :class:`ModelUnavailableError` when the checkpoint or its code cannot be loaded (offline and not cached, or
+    unreachable); errors raised by the code itself propagate.
     """
     from transformers import AutoModel
 
-    kwargs: dict[str, Any] = {"trust_remote_code": True, "dtype": dtype, "device_map": device}
+    require_trust(spec, name_or_path, trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype, "device_map": device}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -79,12 +102,15 @@ def load_model(spec, name_or_path: str, dtype, device: str, attn_implementation:
     return RemoteCodeModel(model.eval())
 
 
-def load_processor(spec, name_or_path: str):
-    """``AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)`` as :class:`RemoteCodeProcessor`."""
+def load_processor(spec, name_or_path: str, trust_remote_code: bool = False):
+    """``AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)`` as :class:`RemoteCodeProcessor`
+    (refused without ``trust_remote_code``, :func:`require_trust`)."""
     from transformers import AutoProcessor
 
+    require_trust(spec, name_or_path, trust_remote_code)
+    kwargs = {"trust_remote_code": trust_remote_code, **dict(spec.processor_kwargs)}
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True, **dict(spec.processor_kwargs))
+        processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
     except OSError as exc:
         raise _unavailable(spec, name_or_path, exc) from exc
     if hasattr(processor, "image_processor") and spec.max_pixels:

@@ -6,7 +6,9 @@ timeout kills it and anything it started), with its output read from pipes by th
 buffers (:class:`CappedReader`): a child that writes gigabytes of warnings costs the job a few KB, never
 the child's output size. A child that dies over its memory limit is told apart from other failures
 (:func:`over_memory_limit`) so it becomes its own error type (``memory_limit``) instead of an
-out-of-memory kill of the job.
+out-of-memory kill of the job. Every child gets a scrubbed environment (:func:`child_env`): an allow-list of
+what the tools need, so the credentials in the job's environment (AWS, Vespa, the hub) never reach a process that
+parses untrusted PDFs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: stderr bytes kept per child (the start: the first warnings are the informative ones).
@@ -32,6 +34,25 @@ _OOM_MESSAGES = ("out of memory", "bad_alloc", "memoryerror", "cannot allocate m
 #: the job a ``preexec_fn``, which forces a full ``fork()`` of the job process instead of ``vfork``: measured 76 ms
 #: instead of 10 ms of CPU per child once the job process holds 1.4 GB (a Ray worker that imported transformers).
 PRLIMIT = shutil.which("prlimit")
+#: The variables a renderer child inherits (an allow-list, so a new secret in the job's environment stays out by
+#: default): where programs and libraries are, home and temporary directories, locale and time zone, fontconfig's
+#: configuration and caches, the Python interpreter's own settings (the pdfium worker), Windows' basics.
+CHILD_ENV = frozenset(
+    {
+        "PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "DYLD_FALLBACK_LIBRARY_PATH",
+        "HOME", "USER", "LOGNAME", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ",
+        "SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "USERPROFILE", "LOCALAPPDATA", "APPDATA",
+    }
+)  # fmt: skip
+#: ... and every variable with one of these prefixes (the test suite's failpoints reach the children too).
+CHILD_ENV_PREFIXES = ("LC_", "FONTCONFIG_", "XDG_", "PYTHON", "PIPELINES_FAILPOINTS")
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a renderer child: the job's variables named by :data:`CHILD_ENV` and
+    :data:`CHILD_ENV_PREFIXES`, nothing else, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k in CHILD_ENV or k.startswith(CHILD_ENV_PREFIXES)}
+    return {**env, **(extra or {})}
 
 
 def limit_memory(limit_bytes: int | None) -> Callable[[], None] | None:
@@ -160,6 +181,7 @@ def run_bounded(
         stderr=subprocess.PIPE,
         preexec_fn=preexec,
         start_new_session=True,
+        env=child_env(),
     )
     out, err = CappedReader(process.stdout, stdout_cap), CappedReader(process.stderr, stderr_cap)
     out.start()

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.render import PDFIUM, DocumentError, DocumentInfo, PageSize
-from pipelines.render.bounded import STDERR_KEEP, CappedReader, kill_group, limited_command, over_memory_limit
+from pipelines.render.bounded import (
+    STDERR_KEEP,
+    CappedReader,
+    child_env,
+    kill_group,
+    limited_command,
+    over_memory_limit,
+)
 from pipelines.testing import failpoints
 
 _HEADER = struct.Struct("<Q")
@@ -64,7 +71,7 @@ class PdfiumWorker:
         return self._process.pid if self._process is not None else None
 
     def _start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path])}
+        env = child_env({"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path])})
         command, preexec = limited_command([sys.executable, "-m", "pipelines.render.pdfium"], self.memory_limit)
         self._process = subprocess.Popen(
             command,

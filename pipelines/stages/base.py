@@ -21,6 +21,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from pipelines import schema
+from pipelines.redaction import redact_text
 
 
 @dataclass
@@ -56,5 +57,6 @@ class Stage:
 
 
 def error_fields(stage: str, error_type: str, message: str) -> dict[str, str]:
-    """Error columns for a record that failed in ``stage``; messages are capped to keep rows small."""
-    return {"error_stage": stage, "error_type": error_type, "error_message": message[:2000]}
+    """Error columns for a record that failed in ``stage``; messages are redacted (they are stored in the index and
+    its reports) and capped to keep rows small."""
+    return {"error_stage": stage, "error_type": error_type, "error_message": redact_text(message)[:2000]}

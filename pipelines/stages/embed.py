@@ -57,6 +57,7 @@ class EmbedStage(Stage):
                 model.dtype,
                 attn_implementation=model.attn_implementation,
                 random_weights=model.random_weights,
+                trust_remote_code=model.trust_remote_code,
             )
 
     @property

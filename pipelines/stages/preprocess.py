@@ -34,7 +34,9 @@ class PreprocessStage(Stage):
         from pipelines.models.encoder import page_processor
 
         model = self.model
-        return page_processor(model.name, model.name_or_path, model.cache_dir, model.random_weights)
+        return page_processor(
+            model.name, model.name_or_path, model.cache_dir, model.random_weights, model.trust_remote_code
+        )
 
     def setup(self) -> None:
         self.processor()

@@ -14,15 +14,10 @@ import hashlib
 import os
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
 
 from vespa.application import Vespa
 
 from pipelines.vespa.app import SCHEMA_NAME
-
-REDACTED = "***"
-SECRET_PARTS = {"token", "password", "passwd", "secret", "credentials"}
-SECRET_NAMES = {"key", "key_content", "cert_content", "connection_string", "sas_token"}
 
 
 @dataclass
@@ -124,33 +119,7 @@ class VespaEndpoint:
         return f"{host}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
     def secrets(self) -> list[str]:
-        """Secret values in play (token, PEM key text), for scrubbing text before it is logged."""
+        """Secret values in play (token, PEM key text), for :func:`pipelines.redaction.redact_text` before text is
+        logged."""
         credentials = self.resolved()
         return [v for v in (credentials.token, credentials.key_content) if v]
-
-
-def _is_secret_key(key: str) -> bool:
-    name = str(key).lower()
-    if name.endswith("_env"):  # names an environment variable, not a value
-        return False
-    parts = set(name.replace("-", "_").split("_"))
-    return bool(parts & SECRET_PARTS) or name in SECRET_NAMES or name.endswith("_key")
-
-
-def redact(value: Any) -> Any:
-    """Copy of a config container with secret-looking keys (tokens, passwords, keys) replaced by ``***``."""
-    if isinstance(value, dict):
-        return {
-            key: REDACTED if _is_secret_key(key) and item not in (None, "") else redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret value replaced by ``***``."""
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text

@@ -5,6 +5,11 @@ end of the run.
 Pages are put right after their part file is durably written; the end-of-run reconcile
 (:func:`pipelines.vespa.replay.replay` in ``resume`` mode) feeds whatever was not acknowledged
 (a killed run included) and removes stale pages.
+
+A Vespa outage longer than ``vespa.feed.max_outage_s`` does not hold the index run: the block feed
+that waited it out gives up and says so in the feed log directory, every later block of the run (in
+any process) is written to the index without being fed, and the reconcile tries once more (one round
+of requests) before it gives up too; the run then commits and reports ``unavailable`` (exit 6).
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from pipelines.testing import failpoints
 from pipelines.vespa import config, replay
 from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.documents import DocumentSettings
-from pipelines.vespa.feed import FeedSettings
+from pipelines.vespa.feed import FeedSettings, OutageClock
+
+#: (feed log root, run id) of the runs this process has seen give up on an outage: their later blocks are
+#: not fed. Per process, because a Ray worker runs many write tasks, each with its own unpickled writer.
+_GAVE_UP: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -48,8 +57,10 @@ class InlineFeed:
     def reconcile(self, location: IndexLocation, delete_missing: bool, inline_totals: Mapping[str, Any]) -> dict:
         """Feed what the inline pass did not get acknowledged and remove stale pages (with
         ``delete_missing``, also pages of documents gone from the source); returns the feed report."""
+        # After the inline feed gave up on an outage, one round of requests finds out whether Vespa is back.
+        clock = OutageClock(self.feed.max_outage_s, probe=bool(inline_totals.get("vespa_unavailable")))
         report = replay.replay(
-            location, self.endpoint, self.documents, self.feed, mode="resume", delete_missing=delete_missing
+            location, self.endpoint, self.documents, self.feed, "resume", delete_missing, clock=clock
         )
         report["inline"] = {k: v for k, v in inline_totals.items() if k.startswith("vespa_")}
         return report
@@ -66,11 +77,24 @@ class FeedingWriter:
     def __call__(self, block: pa.Table) -> dict[str, int]:
         counts, pages = self.index_writer.write(block)
         if pages.num_rows:
-            feed = self.inline
-            counts.update(
-                replay.feed_pages(
-                    self.location, feed.endpoint, feed.documents, feed.feed, pages, self.index_writer.run_id
-                )
-            )
+            counts.update(self.feed(pages))
         failpoints.hit("after_write_block")
         return counts
+
+    def feed(self, pages: pa.Table) -> dict[str, int]:
+        """Put ``pages``, unless this run already gave up on a Vespa outage; returns the feed counts."""
+        feed, run_id = self.inline, self.index_writer.run_id
+        log = replay.FeedLog(self.location, feed.endpoint)
+        key = (log.root, run_id)
+        if key not in _GAVE_UP:
+            clock = OutageClock(feed.feed.max_outage_s, peer_gave_up=lambda: log.gave_up(run_id))
+            result, counts = replay.feed_pages(
+                self.location, feed.endpoint, feed.documents, feed.feed, pages, run_id, clock
+            )
+            if not result.unavailable:
+                return counts
+            log.record_outage(run_id, result.outage_s)
+            _GAVE_UP.add(key)
+            return counts
+        n = pages.num_rows
+        return {"vespa_acked": 0, "vespa_failed": 0, "vespa_not_fed": n, "vespa_unavailable": n}

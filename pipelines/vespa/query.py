@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.muvera import MuveraSettings, query_vector
+from pipelines.redaction import redact_text
 from pipelines.search import HIT_FIELDS
 from pipelines.stages.compress import binarize
 from pipelines.vespa.app import (
@@ -45,7 +46,7 @@ from pipelines.vespa.app import (
     SIMILAR_PAGES_PROFILE,
     token_input,
 )
-from pipelines.vespa.client import VespaEndpoint, scrub
+from pipelines.vespa.client import VespaEndpoint
 
 PROFILES = ("two_phase", "two_phase_unpacked", "hybrid", "binary", "float", "muvera", "page_vector")
 #: The one-vector-per-page profiles: the field each retrieves with and its query input.
@@ -193,7 +194,7 @@ async def _search_all(endpoint: VespaEndpoint, bodies: list[dict[str, Any]], tim
     for response in responses:
         payload = response.json if isinstance(response.json, dict) else {}
         if response.status_code != 200 and not payload.get("root", {}).get("errors"):
-            message = scrub(str(payload)[:500], endpoint.secrets())
+            message = redact_text(str(payload)[:500], endpoint.secrets())
             msg = f"Vespa query failed with HTTP {response.status_code}: {message}"
             raise VespaQueryError(msg)
         out.append(payload)

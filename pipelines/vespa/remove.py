@@ -15,7 +15,8 @@ import logging
 
 from vespa.retries import NO_RETRY
 
-from pipelines.vespa.client import VespaEndpoint, scrub
+from pipelines.redaction import redact_text
+from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.feed import FeedSettings, backoff_seconds, is_transient, response_message
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ async def _delete_where(endpoint: VespaEndpoint, expression: str, settings: Feed
                 params["continuation"] = body["continuation"]
                 continue
             attempt += 1
-            message = scrub(response_message(body), endpoint.secrets())
+            message = redact_text(response_message(body), endpoint.secrets())
             if is_transient(status) and attempt <= settings.max_retries:
                 await asyncio.sleep(backoff_seconds(attempt - 1, settings))
                 continue

@@ -15,10 +15,20 @@ A page counts as fed only once a ``put`` of it with the index's current config h
 
 Outcomes are appended to the log every ``checkpoint_every`` operations, so a killed replay loses at
 most that many acks (those pages are simply put again next time).
+
+The log is compacted (:meth:`FeedLog.compact`): a replay reads it whole anyway, and when it holds
+more than :data:`COMPACT_PARTS` part files, or more rows than twice the pages it still tells
+anything about, the replay merges it into one part with the latest acknowledged row of each page,
+so the log stays about the size of the index however many runs append to it.
+
+A feed that gives up on a Vespa outage (``vespa.feed.max_outage_s``, see
+:class:`~pipelines.vespa.feed.OutageClock`) leaves the pages it did not get acknowledged unacked in
+the log: the next replay puts them. The report says ``unavailable``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -31,9 +41,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.index import IndexLocation
+from pipelines.index.storage import latest_rows
+from pipelines.testing import failpoints
 from pipelines.vespa import documents
 from pipelines.vespa.client import VespaEndpoint
-from pipelines.vespa.feed import FeedResult, FeedSettings, Operation, Outcome, run_operations
+from pipelines.vespa.feed import FeedResult, FeedSettings, Operation, OutageClock, Outcome, run_operations
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +57,7 @@ LOG_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string()),
         pa.field("config_hash", pa.string()),
         pa.field("op", pa.string()),  # put | remove | delete (removed on request: not re-put on resume)
-        pa.field("state", pa.string()),  # acked | failed | blocked | not_attempted
+        pa.field("state", pa.string()),  # acked | failed | blocked | unavailable | not_attempted
         pa.field("status", pa.int32()),
         pa.field("attempts", pa.int32()),
         pa.field("message", pa.large_string()),
@@ -54,15 +66,20 @@ LOG_SCHEMA = pa.schema(
     ]
 )
 META_COLUMNS = ["page_id", "doc_id", "source_uri", "config_hash"]
+#: Feed log part files beyond which a replay compacts the log (:meth:`FeedLog.compact`).
+COMPACT_PARTS = 16
+#: Where an inline feed that gave up on an outage says so, for the other processes feeding the same run.
+OUTAGE_FILE = "outage.json"
 
 
 class FeedLog:
-    """Append-only log of feed outcomes for one (index, Vespa target) pair."""
+    """Log of feed outcomes for one (index, Vespa target) pair: appended to, compacted by replays."""
 
     def __init__(self, location: IndexLocation, endpoint: VespaEndpoint):
         self.location = location
         self.directory = posixpath.join("vespa", endpoint.target_key())
         self.root = location.path(self.directory)
+        self.log_dir = posixpath.join(self.directory, "log")
 
     def append(self, outcomes: list[Outcome], run_id: str) -> None:
         if not outcomes:
@@ -84,19 +101,68 @@ class FeedLog:
             },
             schema=LOG_SCHEMA,
         )
-        self.location.write_part(posixpath.join(self.directory, "log"), table)
+        self.location.write_part(self.log_dir, table)
 
-    def read(self) -> pa.Table:
-        return self.location.read_parts(posixpath.join(self.directory, "log"), LOG_SCHEMA)
+    def read(self) -> tuple[list[str], pa.Table]:
+        """(the log's part files, all their rows in write order). A part merged away by a concurrent
+        compaction between listing and reading makes it list again: the merged part holds its rows."""
+        for attempt in range(3):
+            parts = self.location.part_files(self.log_dir)
+            try:
+                tables = [self.location.read_part(path, LOG_SCHEMA) for path in parts]
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                continue
+            return parts, pa.concat_tables(tables) if tables else LOG_SCHEMA.empty_table()
+        raise AssertionError("unreachable")
+
+    def latest(self) -> tuple[list[str], int, pa.Table]:
+        """(part files read, rows in them, the last acknowledged row of each page, in write order)."""
+        parts, log = self.read()
+        acked = log.filter(pc.equal(log.column("state"), "acked"))
+        return parts, log.num_rows, latest_rows(acked, "page_id")
 
     def acked_state(self) -> dict[str, dict[str, Any]]:
         """Per page id, its last acknowledged operation (``op``, ``doc_id``, ``source_uri``, ``config_hash``)."""
-        log = self.read()
-        acked = log.filter(pc.equal(log.column("state"), "acked")).select(["page_id", *META_COLUMNS[1:], "op"])
-        state: dict[str, dict[str, Any]] = {}
-        for row in acked.to_pylist():  # part files are read in write order, so later rows win
-            state[row["page_id"]] = row
-        return state
+        return state_of(self.latest()[2])
+
+    def compact_due(self, parts: list[str], rows: int, latest: pa.Table) -> bool:
+        """Worth merging: more than :data:`COMPACT_PARTS` part files, or more than twice the rows kept."""
+        return len(parts) > 1 and (len(parts) > COMPACT_PARTS or rows > 2 * _kept(latest).num_rows)
+
+    def compact(self, parts: list[str], latest: pa.Table) -> dict[str, int]:
+        """Replace ``parts`` (as read by :meth:`latest`, which gave ``latest``) by one part holding what a
+        replay needs of them: the last acknowledged row of each page whose last operation was a put or
+        a delete on request (a removed page is the same as one never fed).
+
+        Crash-safe like the ledger snapshot: the merged part is written first, named to sort right
+        after the last part it replaces (so rows appended meanwhile by another feed stay the later
+        ones), then the parts are deleted. Until then, or after a crash in between, the merged rows
+        are the latest of those parts anyway; the next compaction merges them again.
+        """
+        kept = _kept(latest)
+        if kept.num_rows:
+            self.location.write_part(self.log_dir, kept, after=parts[-1])
+        failpoints.hit("feed_log_between_write_and_delete")
+        for part in parts:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent replay compacted the same parts
+                self.location.fs.rm(part)
+        logger.info("feed log %s: %d part files merged into %d rows", self.root, len(parts), kept.num_rows)
+        return {"log_parts_merged": len(parts), "log_rows_kept": kept.num_rows}
+
+    def record_outage(self, run_id: str, outage_s: float | None) -> None:
+        """Note that run ``run_id`` gave up feeding on an outage (read by :meth:`gave_up`)."""
+        self.write_json(OUTAGE_FILE, {"run_id": run_id, "outage_s": outage_s, "at": dt.datetime.now(dt.UTC)})
+
+    def gave_up(self, run_id: str) -> bool:
+        """Whether some process feeding run ``run_id`` gave up on an outage. Read with ``cat_file``, a
+        direct GET on object stores, never a cached directory listing."""
+        try:
+            record = json.loads(self.location.fs.cat_file(self.location.path(self.directory, OUTAGE_FILE)))
+        except FileNotFoundError:
+            return False
+        return record.get("run_id") == run_id
 
     def fed_pages(self) -> dict[str, str]:
         """page_id -> config hash of every page whose last acked operation is a put."""
@@ -104,6 +170,15 @@ class FeedLog:
 
     def write_json(self, name: str, payload: dict) -> None:
         self.location.write_text(posixpath.join(self.directory, name), json.dumps(payload, indent=2, default=str))
+
+
+def state_of(latest: pa.Table) -> dict[str, dict[str, Any]]:
+    """``{page_id: {op, doc_id, source_uri, config_hash}}`` of a :meth:`FeedLog.latest` table."""
+    return {row["page_id"]: row for row in latest.select(["page_id", *META_COLUMNS[1:], "op"]).to_pylist()}
+
+
+def _kept(latest: pa.Table) -> pa.Table:
+    return latest.filter(pc.not_equal(latest.column("op"), "remove"))
 
 
 class _Checkpointer:
@@ -172,11 +247,14 @@ def replay(
     mode: str = "resume",
     delete_missing: bool = False,
     checkpoint_every: int = 500,
+    clock: OutageClock | None = None,
 ) -> dict[str, Any]:
     """Bring ``endpoint`` in line with the index at ``location``; returns (and stores) the feed report.
 
-    Never raises for per-document failures or a blocked feed: the report says what happened
-    (``failed``, ``blocked``), and the log lets the next call resume.
+    Never raises for per-document failures, a blocked feed or a Vespa outage: the report says what
+    happened (``failed``, ``blocked``, ``unavailable``), and the log lets the next call resume.
+    ``clock``: the outage deadline (default a fresh one of ``feed_settings.max_outage_s``). The log is
+    compacted when due, before feeding (it has just been read whole).
     """
     if mode not in MODES:
         msg = f"feed mode must be one of {MODES}, got {mode!r}"
@@ -185,7 +263,9 @@ def replay(
     log = FeedLog(location, endpoint)
     log.write_json("target.json", endpoint.describe())
     pages_meta = location.read_pages(META_COLUMNS)
-    fed = log.acked_state()
+    parts, rows, latest = log.latest()
+    compaction = log.compact(parts, latest) if log.compact_due(parts, rows, latest) else {}
+    fed = state_of(latest)
     to_put, removes = plan(pages_meta, fed, mode, delete_missing)
     logger.info(
         "feeding %s: %d pages in index, %d to put, %d stale to remove (mode=%s)",
@@ -210,11 +290,13 @@ def replay(
         yield from removes
 
     try:
-        result = run_operations(operations(), endpoint, feed_settings, on_outcome=checkpoint)
+        result = run_operations(operations(), endpoint, feed_settings, on_outcome=checkpoint, clock=clock)
     finally:
         checkpoint.flush()
     unique_pages = len(set(pages_meta.column("page_id").to_pylist()))
     report = feed_report(result, endpoint, mode, unique_pages, len(to_put), len(removes), run_id)
+    report["max_outage_s"] = feed_settings.max_outage_s
+    report["log_compaction"] = compaction
     log.write_json("feed_report.json", report)
     return report
 
@@ -228,8 +310,8 @@ def feed_report(
     planned_removes: int,
     run_id: str,
 ) -> dict[str, Any]:
-    """Counts of one replay. Operations never sent (the feed stopped on a 507) have no outcome, so
-    what remains is counted from the plan: planned minus acked minus failed."""
+    """Counts of one replay. Operations never sent (the feed stopped on a 507 or an outage) have no
+    outcome, so what remains is counted from the plan: planned minus acked minus failed."""
     counts = {
         (kind, state): sum(1 for o in result.outcomes if o.kind == kind and o.state == state)
         for kind in ("put", "remove")
@@ -260,6 +342,8 @@ def feed_report(
         "retried_operations": sum(1 for o in result.outcomes if o.attempts > 1),
         "blocked": result.blocked,
         "blocked_message": result.blocked_message,
+        "unavailable": result.unavailable,  # gave up on an outage longer than vespa.feed.max_outage_s
+        "outage_s": result.outage_s,
         "seconds": round(result.seconds, 3),
         "puts_per_second": round(acked_puts / result.seconds, 2) if result.seconds > 0 else None,
         "complete": not failures and puts_remaining == 0 and removes_remaining == 0,
@@ -275,13 +359,19 @@ def feed_pages(
     feed_settings: FeedSettings,
     pages: pa.Table,
     run_id: str,
-) -> dict[str, int]:
-    """Inline feeding: put one written block of pages, log the outcomes; returns counts for the run report."""
+    clock: OutageClock | None = None,
+) -> tuple[FeedResult, dict[str, int]]:
+    """Inline feeding: put one written block of pages, log the outcomes; returns the result and counts
+    for the run report (``vespa_unavailable``: pages left unfed because the feed gave up on an outage)."""
     log = FeedLog(location, endpoint)
     checkpoint = _Checkpointer(log, run_id, every=len(pages) or 1)
     try:
-        result = run_operations(page_operations(pages, doc_settings), endpoint, feed_settings, on_outcome=checkpoint)
+        result = run_operations(
+            page_operations(pages, doc_settings), endpoint, feed_settings, on_outcome=checkpoint, clock=clock
+        )
     finally:
         checkpoint.flush()
     acked, failed = result.count("acked"), result.count("failed")
-    return {"vespa_acked": acked, "vespa_failed": failed, "vespa_not_fed": pages.num_rows - acked - failed}
+    not_fed = pages.num_rows - acked - failed
+    counts = {"vespa_acked": acked, "vespa_failed": failed, "vespa_not_fed": not_fed}
+    return result, {**counts, "vespa_unavailable": not_fed if result.unavailable else 0}

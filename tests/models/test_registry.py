@@ -55,7 +55,7 @@ def test_a_remote_code_checkpoint_fails_offline_with_how_to_get_it(tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = registry.get_spec("jina-v4")
     with pytest.raises(remote.ModelUnavailableError) as caught:
-        registry.load_model(spec, spec.hub_id, device="cpu")
+        registry.load_model(spec, spec.hub_id, device="cpu", trust_remote_code=True)
     message = str(caught.value)
     assert "trust_remote_code" in message and "offline" in message
     assert "huggingface-cli download jinaai/jina-embeddings-v4" in message and "model.name_or_path" in message
@@ -64,6 +64,9 @@ def test_a_remote_code_checkpoint_fails_offline_with_how_to_get_it(tmp_path, mon
     cfg = index_config("model=jina-v4", f"model.name_or_path={tmp_path}", "source.location=x", "output.location=y")
     from pipelines.config import load_index_config
 
+    with pytest.raises(ConfigError, match=r"add model\.trust_remote_code=true"):  # not the user's choice yet
+        load_index_config(cfg)
+    cfg.model.trust_remote_code = True
     with pytest.raises(ConfigError, match="ships its own modeling code"):
         load_index_config(cfg)
 

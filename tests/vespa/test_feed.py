@@ -10,8 +10,9 @@ import pytest
 from pipelines import schema
 from pipelines.index import IndexLocation
 from pipelines.index.writer import PartWriter
+from pipelines.redaction import redact
 from pipelines.vespa import replay
-from pipelines.vespa.client import VespaEndpoint, redact
+from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
 from tests.helpers import run_python
