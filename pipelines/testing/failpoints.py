@@ -10,7 +10,7 @@ until something outside kills it (the multi-node test kills the whole Ray node i
 
 ``PIPELINES_FAILPOINTS_FILE=<path>`` also arms the points written in that file (same syntax, read at each hit),
 so a test can arm points in processes that are already running, such as the workers of a Ray instance started
-before the test. Points armed there fire once across processes (a marker ``<path>.<name>.fired``, which
+before the test (:func:`arm`). Points armed there fire once across processes (a marker ``<path>.<name>.fired``, which
 :func:`disarm` removes with the file); hit counts start again whenever the file's text changes.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +29,7 @@ _file_spec: list[str] = [""]  # the armed file's text the counts in _hits belong
 
 def _parse(spec: str) -> dict[str, int]:
     points = {}
+    spec = ",".join(line.partition("#")[0] for line in spec.splitlines())
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, count = item.partition(":")
         points[name] = int(count or 1)
@@ -73,7 +75,9 @@ def hit(name: str) -> None:
 def arm(path: str | os.PathLike[str], spec: str) -> None:
     """Arm ``spec`` (``name[:n],...``) in every process whose ``PIPELINES_FAILPOINTS_FILE`` is ``path``."""
     disarm(path)
-    Path(path).write_text(spec)
+    # A new text at every arming, so every process starts counting again (one that never saw the file
+    # disarmed would otherwise go on counting from an earlier arming of the same spec).
+    Path(path).write_text(f"{spec}\n# armed {uuid.uuid4().hex}\n")
 
 
 def fired(path: str | os.PathLike[str], name: str) -> bool:
