@@ -143,9 +143,7 @@ def test_a_run_stalled_past_its_lease_writes_nothing_after_another_took_over(wor
     )
     try:
         process = psutil.Process(stalled.pid)
-        wait_for(
-            lambda: stalled.poll() is not None or process.status() == psutil.STATUS_STOPPED, 120, "never stopped"
-        )
+        wait_for(lambda: stalled.poll() is not None or process.status() == psutil.STATUS_STOPPED, 120, "never stopped")
         assert stalled.poll() is None, stalled.communicate()[1][-3000:]
         record = json.loads((out / lease.LEASE_FILE).read_text())
         wait_for(lambda: time.time() > record["expires_at"], 30, "the stalled run's lease never expired")
@@ -220,9 +218,7 @@ def open_index(work: Path, backend: str, moto_url: str | None) -> tuple[str, dic
     return f"s3://{prefix}", options
 
 
-@pytest.mark.parametrize(
-    ("backend", "grace_s"), [("local", None), ("local", 0), ("s3", None), ("s3", 0)], ids=str
-)
+@pytest.mark.parametrize(("backend", "grace_s"), [("local", None), ("local", 0), ("s3", None), ("s3", 0)], ids=str)
 def test_a_reader_that_listed_the_index_before_compaction_reads_each_page_once(work, backend, grace_s, request):
     moto_url = request.getfixturevalue("moto").url if backend == "s3" else None
     out, options = open_index(work, backend, moto_url)
