@@ -173,7 +173,7 @@ class S3Object:
 
     @contextlib.contextmanager
     def holding(self):
-        yield self.read()
+        yield io.with_retries(self.read, f"reading the lease {self.path}")
 
 
 def _precondition_failed(exc: BaseException) -> bool:
@@ -274,7 +274,7 @@ class ReadBackObject:
 
     @contextlib.contextmanager
     def holding(self):
-        yield self.read()
+        yield io.with_retries(self.read, f"reading the lease {self.path}")
 
 
 def _digest(data: bytes) -> str:
