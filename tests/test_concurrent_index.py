@@ -33,8 +33,9 @@ from pipelines.search import LocalIndex
 from tests.helpers import index_config, start_cli
 from tests.s3_server import MotoS3, storage_options
 
-#: Small page images: the tests are about the index protocol, not the pixels.
-SETTINGS = ["model=tiny", "backend=local", "rasterize.max_pixels=60000", "source.sync=true"]
+#: Small page images: the tests are about the index protocol, not the pixels. sync_force: the tests remove one of six
+#: files on purpose, over the default source.sync_max_removed.
+SETTINGS = ["model=tiny", "backend=local", "rasterize.max_pixels=60000", "source.sync=true", "source.sync_force=true"]
 CHANGED, REMOVED = "water_main_notice.pdf", "coral_reef_research_note.pdf"
 TTL_S = 3.0
 
