@@ -172,10 +172,10 @@ def error_fields(stage: str, error_type: str, message: str) -> dict[str, str]:
     return {"error_stage": stage, "error_type": error_type, "error_message": message[:2000]}
 
 
-def exception_fields(stage: str, error_type: str, exc: BaseException) -> dict[str, str]:
-    """:func:`error_fields` for an exception: its type, message and the line that raised it (file:line in
-    function), so an error row of a bug says where to look."""
-    message = f"{type(exc).__name__}: {exc}"
+def exception_fields(stage: str, error_type: str, exc: BaseException, context: str = "") -> dict[str, str]:
+    """:func:`error_fields` for an exception: ``context``, its type, message and the line that raised it (file:line
+    in function), so an error row of a bug says where to look."""
+    message = f"{context}{type(exc).__name__}: {exc}"
     frames = traceback.extract_tb(exc.__traceback__)
     if frames:
         where = frames[-1]

@@ -364,7 +364,8 @@ class RasterizeStage(Stage):
         except Exception as exc:  # the encoder refusing this image is the page's problem, not the run's
             if fails_run(exc):
                 raise
-            fields = exception_fields(self.name, "encode_failed", exc)
+            context = f"cannot encode the {image.width}x{image.height} px page image: "
+            fields = exception_fields(self.name, "encode_failed", exc, context)
             return {**base, "page_number": number, **fields}
         return {
             **base,
