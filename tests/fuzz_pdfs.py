@@ -67,9 +67,20 @@ def page_pdf(
 
 
 def absurd_box() -> bytes:
-    """The page box that stopped every run: 3 x 200,000 pt, rendered at the pixel budget 1 x 150,000+ pixels
-    or more, which the JPEG encoder refused ("Maximum supported image dimension is 65500 pixels")."""
-    return page_pdf(b"/MediaBox [0 0 3 200000]")
+    """Two pages: a letter page and one of 3 x 2,000,000 pt, the kind of page box that stopped every run: the
+    budget rendered it a pixel wide and hundreds of thousands of pixels tall, which the JPEG encoder refused
+    ("Maximum supported image dimension is 65500 pixels")."""
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 6 0 R] /Count 2 >>",
+            page % b"[0 0 612 792]",
+            pdf_stream(CONTENT),
+            HELVETICA,
+            page % b"[0 0 3 2000000]",
+        ]
+    )
 
 
 def _num(value: float) -> bytes:

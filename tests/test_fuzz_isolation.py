@@ -15,8 +15,7 @@ from pathlib import Path
 
 from jobs.index import run
 from pipelines import index
-from pipelines.testing.hostile import pdf_file, pdf_stream
-from tests.fuzz_pdfs import CONTENT, HELVETICA, write_fuzz_corpus
+from tests.fuzz_pdfs import absurd_box, write_fuzz_corpus
 from tests.helpers import index_config
 
 #: Small budget, tight bounds: nothing in the corpus needs more, and a file that does is an error row anyway.
@@ -59,7 +58,8 @@ def test_no_fuzzed_pdf_stops_the_run_each_is_accounted_and_the_rerun_has_nothing
     assert all(e["error_type"] and e["error_stage"] and e["error_message"] for e in errors)
     by_type = Counter(e["error_type"] for e in errors)
     statuses = Counter(row["status"] for row in state.values())
-    print(f"\nfuzz: {len(files)} files in {elapsed:.1f} s: {dict(statuses)}; error rows by type: {dict(by_type)}")
+    with capsys.disabled():
+        print(f"\nfuzz: {len(files)} files in {elapsed:.1f} s: {dict(statuses)}; error rows by type: {dict(by_type)}")
 
     # The rerun: every file is unchanged except those whose failure is retryable (a time or memory bound a
     # loaded machine may hit), which are tried once more (source.max_retries=1).
@@ -71,26 +71,10 @@ def test_no_fuzzed_pdf_stops_the_run_each_is_accounted_and_the_rerun_has_nothing
     assert rerun["files_unaccounted"] == []
 
 
-def absurd_box_document() -> bytes:
-    """Two pages: a letter page and a 3 x 2,000,000 pt one, which the budget once rendered 1 pixel wide and
-    hundreds of thousands of pixels tall for the JPEG encoder to refuse, stopping the run (and every rerun)."""
-    page = b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 5 0 R /Resources << /Font << /F1 6 0 R >> >> >>"
-    return pdf_file(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
-            page % b"[0 0 612 792]",
-            page % b"[0 0 3 2000000]",
-            pdf_stream(CONTENT),
-            HELVETICA,
-        ]
-    )
-
-
 def test_an_absurd_page_box_is_an_error_row_and_the_run_exits_0(tmp_path, model_cache, capsys):
     source, out = tmp_path / "in", tmp_path / "index"
     source.mkdir()
-    (source / "absurd.pdf").write_bytes(absurd_box_document())
+    (source / "absurd.pdf").write_bytes(absurd_box())
     status, report, stderr = run_job(source, out, capsys)
     assert status == 0, stderr[-4000:]
     assert report["files_indexed"] == 1 and report["files_unaccounted"] == []

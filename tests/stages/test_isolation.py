@@ -196,16 +196,19 @@ def test_pages_no_image_can_show_are_invalid_page_size(width_pt, height_pt, reas
     assert MAX_ASPECT_RATIO == 200
 
 
-def test_the_absurd_page_box_that_stopped_every_run_is_an_invalid_page_size_row(tmp_path):
+@pytest.mark.parametrize("renderer", ["auto", "poppler", "pdfium"])
+def test_the_absurd_page_box_that_stopped_every_run_is_an_invalid_page_size_row(tmp_path, renderer):
     path = tmp_path / "absurd.pdf"
     path.write_bytes(absurd_box())
-    stage = RasterizeStage(max_pixels=602_112)  # ColQwen's budget: the render was 3 x 1,416,000 px
+    stage = RasterizeStage(max_pixels=602_112, renderer=renderer)  # ColQwen's budget: a 1 x 2,000,000 px render
     try:
-        [row] = stage.apply(pa.table({"source_uri": [path.as_uri()]})).to_pylist()
+        first, second = stage.apply(pa.table({"source_uri": [path.as_uri()]})).to_pylist()
     finally:
         stage.close()
-    assert (row["page_number"], row["page_count"], row["error_type"]) == (1, 1, "invalid_page_size")
-    assert "aspect ratio" in row["error_message"]
+    assert (first["page_number"], first["error_type"], first["image_width"]) == (1, None, 682)
+    assert (second["page_number"], second["page_count"], second["error_type"]) == (2, 2, "invalid_page_size")
+    # poppler's pdfinfo prints this page as "3 x 2e+06 pts", once read as 3 x 2 pt and drawn squashed
+    assert "3 x 2e+06 pt: aspect ratio" in second["error_message"]
 
 
 @pytest.mark.parametrize("renderer", ["poppler", "pdfium"])
