@@ -6,7 +6,7 @@ is not fixed here: the test only asks that every one is accounted for and none s
 
 ==========  =========================================================================================
 box         absurd, inverted, zero, negative, non-numeric, short/long MediaBox, CropBox and the other
-            boxes; inherited boxes; the 3 x 200,000 pt page that once stopped every run (:func:`absurd_box`)
+            boxes; inherited boxes; the page box that once stopped every run (``hostile.absurd_box``)
 aspect      pages of aspect ratio 2:1 up to 10^6:1, both ways round, small and large
 userunit    huge, tiny, zero, negative and non-numeric ``/UserUnit``
 rotate      ``/Rotate`` of 90/180/270, negative, not a multiple of 90, huge, non-numeric; on odd boxes
@@ -37,7 +37,7 @@ from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen.canvas import Canvas
 
-from pipelines.testing.hostile import pdf_file, pdf_stream, text_pdf
+from pipelines.testing.hostile import absurd_box, pdf_file, pdf_stream, text_pdf
 
 #: Content of most generated pages: a filled box and a line of text in the page's font.
 CONTENT = b"0 0 1 rg 10 10 40 20 re f BT /F1 12 Tf 5 5 Td (Fuzz) Tj ET"
@@ -62,23 +62,6 @@ def page_pdf(
             pdf_stream(content),
             font,
             *extra,
-        ]
-    )
-
-
-def absurd_box() -> bytes:
-    """Two pages: a letter page and one of 3 x 2,000,000 pt, the kind of page box that stopped every run: the
-    budget rendered it a pixel wide and hundreds of thousands of pixels tall, which the JPEG encoder refused
-    ("Maximum supported image dimension is 65500 pixels")."""
-    page = b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
-    return pdf_file(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R 6 0 R] /Count 2 >>",
-            page % b"[0 0 612 792]",
-            pdf_stream(CONTENT),
-            HELVETICA,
-            page % b"[0 0 3 2000000]",
         ]
     )
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from jobs.index import run
 from pipelines import index
-from tests.fuzz_pdfs import absurd_box, write_fuzz_corpus
+from pipelines.testing.hostile import absurd_box
+from tests.fuzz_pdfs import write_fuzz_corpus
 from tests.helpers import index_config
 
 #: Small budget, tight bounds: nothing in the corpus needs more, and a file that does is an error row anyway.

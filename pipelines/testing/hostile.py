@@ -17,6 +17,7 @@ render_bomb.pdf        forms nested 3 deep x 1000: 1e9 fills from ~25 KB  ``time
 long_document.pdf      ``long_pages`` small pages                          indexed, page by page
 flood.pdf              ~2M unknown operators (a warning each) + a         ``timeout``, ``memory_limit``
                        20,000 x 20,000 px image                           or indexed
+absurd_box.pdf         a letter page and a 3 x 2,000,000 pt page          page 2 ``invalid_page_size``
 count_overflow.pdf     page tree ``/Count 99999999999999999999``          indexed (pdfium)
 count_self_ref.pdf     ``/Count 2 0 R`` (a reference to its own object)   indexed (pdfium)
 length_self_ref.pdf    a content stream whose ``/Length`` is itself       indexed
@@ -65,6 +66,7 @@ EXPECTED = {
     "root_misdirected.pdf": {""},
     "empty_cropbox.pdf": {""},
     "binary_header.pdf": {""},
+    "absurd_box.pdf": {""},
 }
 #: Files a renderer reads although an earlier version rejected them; each page shows this text.
 FALSE_REJECTIONS = (
@@ -95,7 +97,7 @@ def pdf_file(objects: list[bytes], root: int = 1, header: bytes = b"%PDF-1.7\n%\
 
 
 def pdf_stream(data: bytes, extra: bytes = b"", compress: bool = False) -> bytes:
-    """A stream object's body: ``data`` (Flate-compressed when ``compress``) with its ``/Length`` and ``extra`` keys."""
+    """A stream object's body: ``data`` (Flate-compressed when ``compress``), its ``/Length`` and ``extra`` keys."""
     if compress:
         data = zlib.compress(data, 9)
         extra += b" /Filter /FlateDecode"
@@ -204,6 +206,24 @@ def marker_pdf(
     )
 
 
+def absurd_box() -> bytes:
+    """Two pages: a letter page and one of 3 x 2,000,000 pt, the kind of page box that stopped every run: the
+    pixel budget rendered it a pixel wide and hundreds of thousands of pixels tall, which the JPEG encoder refused
+    ("Maximum supported image dimension is 65500 pixels"). Now its second page is an ``invalid_page_size`` row."""
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
+    marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 6 0 R] /Count 2 >>",
+            page % b"[0 0 612 792]",
+            pdf_stream(marker),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            page % b"[0 0 3 2000000]",
+        ]
+    )
+
+
 def false_rejections() -> dict[str, bytes]:
     """Files an earlier version rejected as ``corrupt``/``not_pdf``/``invalid_page_size`` that a renderer reads."""
     marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
@@ -253,6 +273,7 @@ def hostile_files(long_pages: int = 300, bomb_pixels: int = 25_000) -> dict[str,
         "render_bomb.pdf": render_bomb(),
         "long_document.pdf": text_pdf(pages=long_pages, text="Long document", page_size=(200, 200)),
         "flood.pdf": flood(),
+        "absurd_box.pdf": absurd_box(),
         **false_rejections(),
     }
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import errno
 import io as bytes_io
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 import torch
 from PIL import Image
 from ray.exceptions import RaySystemError
 
 from pipelines import ids, index, io, schema
+from pipelines.backends.base import RayConfig, StagePlan, StageResources
+from pipelines.backends.ray_data import RayDataBackend
 from pipelines.index.writer import PartWriter
 from pipelines.models.registry import ModelConfig
 from pipelines.render import MAX_ASPECT_RATIO, MAX_IMAGE_SIDE, DocumentError, PageSize, fits, target_size
@@ -25,7 +29,8 @@ from pipelines.stages.base import PipelineFailure, Stage, fails_run
 from pipelines.stages.compress import binarize
 from pipelines.stages.preprocess import PreprocessStage
 from pipelines.stages.rasterize import RasterizeStage
-from tests.fuzz_pdfs import absurd_box, page_pdf
+from pipelines.testing.hostile import absurd_box
+from tests.fuzz_pdfs import page_pdf
 
 PAGES = 5  # pages of every document of the fan-out test stage, yielded two at a time
 
@@ -54,13 +59,13 @@ def _page(uri: str, doc_id: str, number: int) -> dict:
     vectors = np.random.default_rng(number).normal(size=(3, 128)).astype(np.float16)
     return {
         "page_id": ids.page_id(doc_id, number), "doc_id": doc_id, "source_uri": uri, "page_number": number,
-        "page_count": PAGES, "title": "t", "n_vectors_raw": 3, "n_vectors": 3, "embedding": vectors.tobytes(),
-        "binary": binarize(vectors.astype(np.float32)).tobytes(), "image": b"pixels",
+        "page_count": PAGES, "title": uri.rsplit("/", 1)[1], "n_vectors_raw": 3, "n_vectors": 3,
+        "embedding": vectors.tobytes(), "binary": binarize(vectors.astype(np.float32)).tobytes(), "image": b"pixels",
     }  # fmt: skip
 
 
 class _Rows(Stage):
-    """Row for row: sets ``text``; raises on a row whose title is ``bad`` (or raises ``failure`` on any row)."""
+    """Row for row: sets ``text``; raises on a batch with a row titled ``bad.pdf`` (or ``failure`` on any batch)."""
 
     name = "rows"
 
@@ -70,7 +75,7 @@ class _Rows(Stage):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         if self.failure is not None:
             raise self.failure
-        if "bad" in batch.column("title").to_pylist():
+        if "bad.pdf" in batch.column("title").to_pylist():
             raise ValueError("this page cannot be processed")
         return schema.with_column(batch, "text", ["done"] * batch.num_rows)
 
@@ -124,7 +129,7 @@ def test_a_row_for_row_stage_redoes_a_failing_batch_row_by_row():
     rows = [
         {"source_uri": "file:///a.pdf", "doc_id": "d", "page_number": n, "page_count": 3, "title": title,
          "image": b"pixels", "model_inputs": b"inputs"}
-        for n, title in enumerate(["ok", "bad", "ok"], start=1)
+        for n, title in enumerate(["ok.pdf", "bad.pdf", "ok.pdf"], start=1)
     ]  # fmt: skip
     out = _Rows().apply(schema.rows_to_table(rows)).to_pylist()
     assert [(r["page_number"], r["text"], r["error_type"]) for r in out] == [
@@ -134,6 +139,41 @@ def test_a_row_for_row_stage_redoes_a_failing_batch_row_by_row():
     assert (failed["doc_id"], failed["page_count"], failed["error_stage"]) == ("d", 3, "rows")
     assert failed["image"] is None and failed["model_inputs"] is None  # an error row carries no payload
     assert failed["error_message"].startswith("ValueError: this page cannot be processed (at test_isolation.py:")
+
+
+class _ActorRows(_Rows):
+    name = "rows"
+    stateful = True
+
+
+def test_on_ray_a_failing_document_and_page_become_error_rows_in_tasks_and_actors(tmp_path, ray_cluster):
+    """The same guard on Ray Data: the fan-out stage as tasks, the row-for-row stage on an actor, the real sink."""
+    files = _sources(tmp_path, {"good.pdf": b"good", "bad.pdf": b"bad", "early.pdf": b"early"})
+    location = index.IndexLocation(str(tmp_path / "index"))
+    location.ledger.check_config("tiny", "cfg", {})
+    location.ledger.plan(files, "run1")
+    stages = StagePlan(
+        [_Pages(), _ActorRows()],
+        {"pages": StageResources(num_cpus=0.5, batch_size=2), "rows": StageResources(num_cpus=0.5, batch_size=4)},
+    )
+    sources = pa.table({"source_uri": [f.uri for f in files], "source_size": [f.size for f in files]})
+    # This module is not importable on Ray's workers (pytest imports it by path): its stages travel by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        totals = RayDataBackend(RayConfig(progress_bars=False)).execute(
+            sources, stages, PartWriter(location, "tiny", "cfg", "run1")
+        )
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (totals["pages"], totals["error_rows"]) == (5, 6)
+    assert location.ledger.commit("run1")["incomplete"] == []
+    rows = [*location.read_pages(["source_uri", "page_number"]).to_pylist(), *location.read_errors().to_pylist()]
+    outcome = sorted((r["source_uri"].rsplit("/", 1)[1], r["page_number"] or 0, r.get("error_type")) for r in rows)
+    assert outcome == [
+        ("bad.pdf", 1, "rows_failed"), ("bad.pdf", 2, "rows_failed"),  # the actor stage's rows; the rest kept
+        ("bad.pdf", 3, "pages_failed"), ("bad.pdf", 4, "pages_failed"), ("bad.pdf", 5, "pages_failed"),
+        ("early.pdf", 0, "pages_failed"), *[("good.pdf", n, None) for n in range(1, 6)],
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -151,7 +191,7 @@ def test_a_row_for_row_stage_redoes_a_failing_batch_row_by_row():
 )
 def test_failures_of_the_run_are_never_turned_into_error_rows(failure):
     assert fails_run(failure)
-    batch = schema.rows_to_table([{"source_uri": "file:///a.pdf", "page_number": 1, "title": "ok"}])
+    batch = schema.rows_to_table([{"source_uri": "file:///a.pdf", "page_number": 1, "title": "ok.pdf"}])
     with pytest.raises(type(failure)):
         _Rows(failure).apply(batch)
 
