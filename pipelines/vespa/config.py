@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.errors import ConfigError
 from pipelines.vespa.app import VespaAppSettings
-from pipelines.vespa.client import VespaEndpoint
+from pipelines.vespa.client import VespaEndpoint, scrub
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
 from pipelines.vespa.query import VespaQuerySettings
@@ -45,3 +45,36 @@ def endpoint(cfg: DictConfig, required: bool = True) -> VespaEndpoint:
         msg = "no Vespa endpoint: set vespa.endpoint.url=http(s)://<host>:8080"
         raise ConfigError(msg)
     return value
+
+
+def check_reachable(value: VespaEndpoint, timeout_s: float) -> None:
+    """Fail before any work when nothing usable answers at the endpoint: one ``GET /ApplicationStatus`` with the
+    endpoint's credentials, ``timeout_s`` long.
+
+    Raises :class:`ConfigError` naming ``vespa.endpoint.url`` when there is no answer (refused, unknown host, TLS
+    failure, timeout), the credential settings when they cannot be read or Vespa refuses them (401, 403). Any other
+    answer counts as reachable: a busy or degraded cluster is the feed's retries' business.
+    """
+    import httpr
+
+    try:
+        app = value.connect()
+        with app.syncio(connections=1, num_retries_429=0) as session:
+            response = session.http_client.get(f"{app.end_point}/ApplicationStatus", timeout=timeout_s)
+    except OSError as exc:  # the session reads the mTLS files when it opens
+        msg = f"cannot read the Vespa client certificate or key ({exc}): check vespa.endpoint.cert and key"
+        raise ConfigError(msg) from exc
+    except httpr.RequestError as exc:
+        reason = scrub(f"{type(exc).__name__}: {exc}", value.secrets())
+        msg = (
+            f"no answer from Vespa at vespa.endpoint.url={value.safe_url!r} ({reason}): check the URL and that the "
+            "cluster is up (infra/vespa/README.md), then rerun; nothing was sent"
+        )
+        raise ConfigError(msg) from exc
+    if response.status_code in (401, 403):
+        msg = (
+            f"Vespa at {value.safe_url} refused the credentials (HTTP {response.status_code}, "
+            f"auth={value.auth_method}): check vespa.endpoint.token_env (or token) or vespa.endpoint.cert and key; "
+            "nothing was sent"
+        )
+        raise ConfigError(msg)
