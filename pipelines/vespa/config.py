@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from vespa.retries import NO_RETRY
 
 from pipelines.errors import ConfigError
 from pipelines.vespa.app import VespaAppSettings
@@ -55,16 +57,19 @@ def check_reachable(value: VespaEndpoint, timeout_s: float) -> None:
     failure, timeout), the credential settings when they cannot be read or Vespa refuses them (401, 403). Any other
     answer counts as reachable: a busy or degraded cluster is the feed's retries' business.
     """
-    import httpr
+
+    async def get_status() -> Any:
+        app = value.connect()
+        # The feed's own client (HTTP/2, pyvespa's retries off), so the probe sees what the feed will see.
+        async with app.asyncio(connections=1, timeout=timeout_s, docv1_retry_policy=NO_RETRY) as session:
+            return await session.httpr_client.get(f"{app.end_point}/ApplicationStatus")
 
     try:
-        app = value.connect()
-        with app.syncio(connections=1, num_retries_429=0) as session:
-            response = session.http_client.get(f"{app.end_point}/ApplicationStatus", timeout=timeout_s)
-    except OSError as exc:  # the session reads the mTLS files when it opens
+        response = asyncio.run(get_status())
+    except OSError as exc:  # the client reads the mTLS files when it opens
         msg = f"cannot read the Vespa client certificate or key ({exc}): check vespa.endpoint.cert and key"
         raise ConfigError(msg) from exc
-    except httpr.RequestError as exc:
+    except Exception as exc:  # the HTTP client's transport errors: refused, unknown host, TLS, timeout
         reason = scrub(f"{type(exc).__name__}: {exc}", value.secrets())
         msg = (
             f"no answer from Vespa at vespa.endpoint.url={value.safe_url!r} ({reason}): check the URL and that the "

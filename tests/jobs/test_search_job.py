@@ -133,3 +133,15 @@ def test_the_index_s_own_model_name_is_accepted(built_index, capsys):
 
     assert run(search_config(f"index={built_index}", "query=tide tables", "model.name=tiny", "top_k=1")) == 0
     assert "tide tables" in capsys.readouterr().out
+
+
+def test_a_vespa_that_does_not_answer_is_a_search_failure_not_a_traceback(built_index, capsys):
+    import socket
+
+    from jobs.search import run
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        assert run(search_config(f"index={built_index}", "query=tide tables", f"vespa.endpoint.url={url}")) == 1
+    assert f"no answer from Vespa at vespa.endpoint.url={url!r}" in capsys.readouterr().err
