@@ -53,9 +53,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.evaluation_report import write_report
 from pipelines import environment, evaluation, index
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, require_int
 from pipelines.models import registry
-from pipelines.search import FLOAT_PROFILES, PROFILES, LocalIndex, QueryModel, Searcher, SearchError
+from pipelines.search import FLOAT_PROFILES, MAX_TOP_K, PROFILES, LocalIndex, QueryModel, Searcher, SearchError
 from pipelines.vespa import config as vespa_config
 
 logger = logging.getLogger(__name__)
@@ -109,9 +109,10 @@ def _settings(cfg: DictConfig) -> tuple[list[int], list[str], Any, Any]:
     if not profiles or unknown:
         msg = f"grid.profiles must be a non-empty list of {PROFILES}, got {profiles}"
         raise ConfigError(msg)
-    if int(cfg.top_k) < 10:
-        msg = f"top_k (the run depth) must be >= 10 for nDCG@10 and Recall@10, got {cfg.top_k}"
-        raise ConfigError(msg)
+    # The run depth: at least 10 for nDCG@10 and Recall@10, at most what a search may return.
+    require_int("top_k", cfg.top_k, minimum=10, maximum=MAX_TOP_K)
+    require_int("rerank_count", cfg.rerank_count)
+    require_int("limit_queries", cfg.limit_queries, optional=True)
     endpoint = vespa_config.endpoint(cfg, required=False)
     query_settings = vespa_config.settings(cfg, "query")
     return pool_factors, profiles, endpoint, query_settings
@@ -141,8 +142,7 @@ def run_evaluation(cfg: DictConfig, command: str | None = None) -> dict[str, Any
         image_dpi=float(cfg.rasterize.max_dpi),
     )
     query_ids = dataset.evaluated_queries
-    if cfg.limit_queries:
-        query_ids = query_ids[: int(cfg.limit_queries)]
+    query_ids = query_ids[: cfg.limit_queries]
     qrels = {qid: dataset.qrels[qid] for qid in query_ids}
     logger.info(
         "dataset %s (%s): %d queries evaluated, corpus %s", cfg.dataset, dataset.layout, len(qrels), dataset.corpus_dir

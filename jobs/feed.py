@@ -3,10 +3,19 @@
     python -m jobs.feed index=/data/index vespa.endpoint.url=http://vespa:8080 [mode=full] [delete_missing=true]
     python -m jobs.feed index=/data/index vespa.endpoint.url=http://vespa:8080 delete.doc_id=<doc_id>
 
-Exit status: 0 when every operation was acknowledged; 1 when some documents failed (listed, and
-retried by the next run); 3 when Vespa blocked the feed (507: resource limits), rerun to resume;
-2 on bad configuration or a missing index; 6 when Vespa answered nothing for more than
-``vespa.feed.max_outage_s`` seconds (down or unreachable): rerun once it is up, the feed resumes.
+Exit status (no expected failure prints a traceback):
+
+* 0 every operation was acknowledged;
+* 1 some operations failed (listed, and retried by the next run), or a selection delete failed;
+* 2 nothing was sent: bad configuration (the message names the key), no index at ``index``, an index location
+  that cannot be read or written, or a Vespa endpoint that does not answer or refuses the credentials (one
+  ``/ApplicationStatus`` request before any work: :func:`pipelines.vespa.config.check_reachable`);
+* 3 Vespa blocked the feed (507: resource limits): rerun to resume;
+* 6 Vespa answered nothing for more than ``vespa.feed.max_outage_s`` seconds once the feed had started (down or
+  unreachable): rerun once it is up, the feed resumes (acknowledged pages are not sent again).
+
+The feed takes no lease: it reads the index as searches do (each page once, whatever a writer does meanwhile)
+and its only writes, the feed log's part files, are append-only.
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from jobs._common import error, setup_logging
 from pipelines import index
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, require_int
 from pipelines.vespa import config, remove, replay
-from pipelines.vespa.feed import Outcome
+from pipelines.vespa.client import VespaEndpoint
+from pipelines.vespa.feed import FeedSettings, Outcome
 
 logger = logging.getLogger("jobs.feed")
 
@@ -67,10 +77,8 @@ def print_report(report: dict) -> None:
         print(f"  failed {failure['op']} {failure['page_id']}: HTTP {failure['status']} {failure['message'][:200]}")
 
 
-def delete_document(cfg: DictConfig) -> int:
+def delete_document(cfg: DictConfig, endpoint: VespaEndpoint, feed_settings: FeedSettings) -> int:
     """Delete one document's pages from Vespa (selection delete); returns the exit status."""
-    endpoint = config.endpoint(cfg)
-    feed_settings = config.settings(cfg, "feed")
     field, value = ("doc_id", cfg.delete.doc_id) if cfg.delete.doc_id else ("source_uri", cfg.delete.source_uri)
     try:
         removed = remove.delete_where(endpoint, field, str(value), feed_settings)
@@ -96,12 +104,19 @@ def run(cfg: DictConfig) -> int:
         endpoint = config.endpoint(cfg)
         doc_settings = config.settings(cfg, "documents")
         feed_settings = config.settings(cfg, "feed")
-        if cfg.delete.doc_id or cfg.delete.source_uri:
-            return delete_document(cfg)
-        location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
-        if not location.fs.exists(location.path(index.CONFIG_FILE)):
-            msg = f"no index at {cfg.index!r}; run jobs.index first or set index=<path>"
-            raise ConfigError(msg)
+        deleting = bool(cfg.delete.doc_id or cfg.delete.source_uri)
+        if not deleting:
+            if cfg.mode not in replay.MODES:
+                msg = f"mode must be one of {replay.MODES}, got {cfg.mode!r}"
+                raise ConfigError(msg)
+            checkpoint_every = require_int("checkpoint_every", cfg.checkpoint_every)
+            location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
+            if not location.fs.exists(location.path(index.CONFIG_FILE)):
+                msg = f"no index at {cfg.index!r}; run jobs.index first or set index=<path>"
+                raise ConfigError(msg)
+        config.check_reachable(endpoint, feed_settings.request_timeout_s)
+        if deleting:
+            return delete_document(cfg, endpoint, feed_settings)
         report = replay.replay(
             location,
             endpoint,
@@ -109,10 +124,12 @@ def run(cfg: DictConfig) -> int:
             feed_settings,
             mode=str(cfg.mode),
             delete_missing=bool(cfg.delete_missing),
-            checkpoint_every=int(cfg.checkpoint_every),
+            checkpoint_every=checkpoint_every,
         )
     except (ConfigError, ValueError) as exc:
         return error(str(exc))
+    except (FileNotFoundError, PermissionError) as exc:  # the index's storage (missing, denied)
+        return error(f"index={cfg.index!r} cannot be used: {exc} (check index and storage_options)")
     print_report(report)
     if report["unavailable"]:
         return error(unavailable_help(report), code=EXIT_UNAVAILABLE)

@@ -6,10 +6,12 @@ python -m jobs.search vespa.endpoint.url=http://vespa:8080 model=colqwen2.5-v0.2
 python -m jobs.search index=/data/index 'query="..."' explain=true [explain_dir=maps]   # similarity maps per hit
 python -m jobs.search index=/data/index similar_to=<page_id>                            # pages like this page
 
-Both paths print the same columns; the query encoder is the index's model (read from ``index``),
-or ``model.name`` when searching Vespa without a local index. The work is
+Both paths print the same columns; the query encoder is the index's model (read from ``index``; another
+``model.name`` is refused), or ``model.name`` when searching Vespa without a local index. The work is
 :class:`pipelines.search.Searcher`. In-process, :func:`run_search` returns the rows (and raises) and
-:func:`run` prints them and returns the exit status: 0 done, 2 bad configuration or no index, 1 Vespa failed.
+:func:`run` prints them and returns the exit status: 0 done; 2 bad configuration or input (a setting out of
+range, a query file line that is not a query, a ``model.name`` other than the index's) or no index, the message
+naming the key or ``file:line``; 1 Vespa failed.
 """
 
 from __future__ import annotations
@@ -22,21 +24,20 @@ import hydra
 from omegaconf import DictConfig
 
 from jobs._common import error, setup_logging
-from pipelines.errors import ConfigError
+from pipelines import queries
+from pipelines.errors import ConfigError, require_int
 from pipelines.search import PageHit, Searcher, SearchError
 
 
 def read_queries(cfg: DictConfig) -> list[str]:
-    """``query``, or the queries of ``queries_file`` (plain lines or JSON objects with a ``query`` key)."""
+    """``query``, or the first ``limit_queries`` queries of ``queries_file`` (:func:`pipelines.queries.read_queries`:
+    plain lines, or JSON objects with a ``query`` or BEIR ``text`` key). Raises :class:`ConfigError` naming the key,
+    or the file and line."""
+    limit = require_int("limit_queries", cfg.limit_queries, optional=True)
     if cfg.query:
         return [str(cfg.query)]
     if cfg.queries_file:
-        queries = []
-        for line in Path(cfg.queries_file).read_text().splitlines():
-            line = line.strip()
-            if line:
-                queries.append(json.loads(line)["query"] if line.startswith("{") else line)
-        return queries[: cfg.limit_queries] if cfg.limit_queries else queries
+        return [query.text for query in queries.read_queries(str(cfg.queries_file))][:limit]
     msg = "nothing to search: set query='\"...\"' or queries_file=<path>"
     raise ConfigError(msg)
 
@@ -68,6 +69,7 @@ def run_search(cfg: DictConfig) -> list[dict]:
     With ``similar_to=<page_id>``, lists the pages like that page instead (its page vector's nearest, local index).
     Raises :class:`ConfigError`, ``FileNotFoundError`` (no index) or :class:`SearchError` (Vespa failed).
     """
+    require_int("snippet_chars", cfg.snippet_chars)
     if cfg.get("similar_to"):
         page_id = str(cfg.similar_to)
         try:

@@ -66,6 +66,9 @@ class OutputConfig:
     location: str = "index"
     mode: str = "incremental"
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: Seconds the part files compaction replaced stay readable before a later run deletes them, so a reader
+    #: (search, feed, evaluate) that listed them finishes its read unchanged (see pipelines.index.view).
+    compaction_grace_s: float = 900.0
 
 
 @dataclass
@@ -158,6 +161,9 @@ def _check(job: IndexJobConfig) -> None:
         raise ConfigError(msg)
     if job.output.mode not in OUTPUT_MODES:
         msg = f"output.mode must be one of {list(OUTPUT_MODES)} (got {job.output.mode!r})"
+        raise ConfigError(msg)
+    if job.output.compaction_grace_s < 0:
+        msg = f"output.compaction_grace_s must be >= 0 seconds, got {job.output.compaction_grace_s}"
         raise ConfigError(msg)
     if job.source.sync and job.source.glob:
         msg = (

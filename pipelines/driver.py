@@ -110,8 +110,10 @@ def prepare(job: IndexJobConfig, config_yaml: str) -> IndexRun:
     backend.start(stage_plan)  # before touching an existing index: a plan that cannot run changes nothing
     run_id = uuid.uuid4().hex
     held = lease.acquire(location.fs, location.root, output, run_id, job.lease)
+    location.fence = held  # from here on every write of this run holds the lease (pipelines.index.lease)
     run = IndexRun(job, config_yaml, stage_plan, backend, inline, source, location, held, files, skipped, run_id)
     try:
+        failpoints.hit("open_index")
         book = location.ledger
         try:
             if job.output.mode == "overwrite":
@@ -186,15 +188,20 @@ def execute(run: IndexRun) -> None:
 
 
 def commit(run: IndexRun) -> None:
-    """Commit the run's complete documents, then compact this run's parts and any a crash left, and
-    merge the ledger's part files into a snapshot when there are many."""
+    """Commit the run's complete documents, then compact this run's parts and any a crash left, delete
+    the parts earlier compactions retired once their grace period is over, and merge the ledger's part
+    files into a snapshot when there are many. Every write is fenced by the lease (a run that lost the
+    index to another raises :class:`~pipelines.index.lease.LeaseLost` before it writes anything more)."""
     failpoints.hit("before_commit")
-    run.lease.check()  # a run that lost the index to another never commits over it
+    run.lease.check()  # fail before reading the run's parts; each write below checks again
+    failpoints.hit("commit_after_lease_check")
     book = run.location.ledger
+    grace_s = run.job.output.compaction_grace_s
     run.commit = book.commit(run.run_id, listed_after_work(run))
     compacted_runs, compact_tags = book.compaction_due()
-    run.compaction = run.location.compact(compact_tags)
+    run.compaction = run.location.compact(compact_tags, grace_s)
     book.mark_compacted(compacted_runs, run.compaction)
+    run.compaction["retired_parts_deleted"] = book.collect_retired(grace_s)
     if book.snapshot_due():  # one ledger part per commit: merge them so reads stay one file, not one per run
         run.compaction.update(book.snapshot(run.run_id))
     run.wall_s = time.perf_counter() - run.started

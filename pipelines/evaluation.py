@@ -43,6 +43,8 @@ from typing import Any
 import ir_measures
 from ir_measures import RR, R, nDCG
 
+from pipelines import queries
+
 #: (label in reports, ir-measures measure). MRR is the reciprocal rank of the first relevant page
 #: within the run's depth (``top_k`` of the evaluation).
 MEASURES: tuple[tuple[str, Any], ...] = (
@@ -161,39 +163,25 @@ def _from_directory(root: Path, split: str, source: str) -> EvalDataset:
         msg = f"no queries.jsonl in dataset directory {str(root)!r}"
         raise DatasetError(msg)
     corpus_dir = root / "corpus" if (root / "corpus").is_dir() else root
-    records = _read_jsonl(queries_file)
+    try:
+        records = queries.read_objects(queries_file)
+    except queries.QueryFileError as exc:
+        raise DatasetError(str(exc)) from exc
     qrels_file = root / "qrels" / f"{split}.tsv"
-    if records and all(key in records[0] for key in SAMPLE_QUERY_KEYS) and not qrels_file.exists():
-        queries, qrels = _sample_queries(records, queries_file)
+    if records and all(key in records[0][1] for key in SAMPLE_QUERY_KEYS) and not qrels_file.exists():
+        texts, qrels = _sample_queries(queries_file)
         layout = "sample"
     else:
         if not qrels_file.is_file():
             msg = f"no qrels file {str(qrels_file)!r} (tab-separated: query-id, corpus-id, score; with a header line)"
             raise DatasetError(msg)
-        queries = _beir_queries(records, queries_file)
+        texts = _beir_queries(records, queries_file)
         qrels = read_qrels_tsv(qrels_file)
         layout = "beir"
-    return _assemble(source, layout, corpus_dir, queries, qrels)
+    return _assemble(source, layout, corpus_dir, texts, qrels)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            msg = f"{path}:{lineno}: invalid JSON: {exc}"
-            raise DatasetError(msg) from exc
-        if not isinstance(record, dict):
-            msg = f"{path}:{lineno}: expected a JSON object"
-            raise DatasetError(msg)
-        records.append(record)
-    return records
-
-
-def _sample_queries(records: list[dict], path: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def _sample_queries(path: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Sample-corpus queries (one answering page each) as BEIR queries and qrels."""
     from pipelines.testing.corpus import load_queries
 
@@ -211,18 +199,18 @@ def _sample_queries(records: list[dict], path: Path) -> tuple[dict[str, str], di
     return queries, qrels
 
 
-def _beir_queries(records: list[dict], path: Path) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    for record in records:
+def _beir_queries(records: list[tuple[int, dict]], path: Path) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for lineno, record in records:
         qid, text = record.get("_id"), record.get("text")
         if qid is None or not isinstance(text, str) or not text.strip():
-            msg = f"{path}: every line needs '_id' and a non-empty 'text': {record!r:.200}"
+            msg = f"{path}:{lineno}: every line needs '_id' and a non-empty 'text': {record!r:.200}"
             raise DatasetError(msg)
-        if str(qid) in queries:
-            msg = f"{path}: duplicate query id {qid!r}"
+        if str(qid) in texts:
+            msg = f"{path}:{lineno}: duplicate query id {qid!r}"
             raise DatasetError(msg)
-        queries[str(qid)] = text
-    return queries
+        texts[str(qid)] = text
+    return texts
 
 
 def read_qrels_tsv(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:

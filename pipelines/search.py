@@ -45,7 +45,8 @@ import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import index, schema
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, require_int
+from pipelines.index.ledger import INDEX_META
 from pipelines.muvera import MuveraSettings, query_vector
 from pipelines.stages.compress import binarize, unpack_bits
 from pipelines.text_search import HYBRID_BM25_WEIGHT, TEXT_TARGET_HITS, TextIndex, reciprocal_rank_fusion, top_matches
@@ -68,6 +69,9 @@ RETRIEVALS = ("all", "nearest_neighbor")
 CHUNK_VECTORS = 8192
 #: Vectors per float-profile chunk: bounds the float32 copy of float16 rows to 32 MiB.
 FLOAT_CHUNK_VECTORS = 65536
+#: Most hits one query may ask for (``top_k``): Vespa's default ``maxHits``, beyond which it refuses the query, so
+#: both backends accept the same values.
+MAX_TOP_K = 400
 
 
 @dataclass
@@ -174,13 +178,14 @@ class LocalIndex:
         return nearest, token_code.reshape(-1)
 
     def check_query(self, query: np.ndarray) -> None:
-        """Raise ``ValueError`` unless ``query`` is ``(q, dim)``: queries must come from the index's model."""
+        """Raise :class:`ConfigError` (a ``ValueError``) unless ``query`` is ``(q, dim)``: queries must come from the
+        index's model (a ``model.name_or_path`` pointing at another checkpoint gives other widths)."""
         if query.ndim != 2 or query.shape[1] != self.dim:
             msg = (
                 f"query vectors of shape {query.shape} against an index of {self.dim}-d vectors: encode the "
-                "queries with the model the index was built with"
+                "queries with the model the index was built with (check model.name_or_path)"
             )
-            raise ValueError(msg)
+            raise ConfigError(msg)
 
     def hamming_maxsim(self, query: np.ndarray) -> np.ndarray:
         """First-phase score of every page for float query vectors ``(q, dim)``."""
@@ -555,8 +560,8 @@ class Searcher:
         self.local = local
         self.endpoint = endpoint
         self.query_settings = query_settings
-        self.top_k = int(top_k)
-        self.rerank_count = int(rerank_count)
+        self.top_k = require_int("top_k", top_k, maximum=MAX_TOP_K)
+        self.rerank_count = require_int("rerank_count", rerank_count)
         if retrieval not in RETRIEVALS or int(target_hits) < 1 or int(max_query_tokens) < 1:
             msg = (
                 f"retrieval must be one of {RETRIEVALS} (got {retrieval!r}); target_hits and max_query_tokens >= 1 "
@@ -603,9 +608,10 @@ class Searcher:
         """The searcher the search job's config (``conf/search.yaml``) describes.
 
         With ``vespa.endpoint.url`` set, ranks in Vespa, encoding with the index's model (``index``
-        read only for its config) or ``model.name``; otherwise loads the index at ``index``.
-        Raises :class:`ConfigError` on bad settings and ``FileNotFoundError`` when there is no index
-        to search (or to read the model from).
+        read only for its config), or ``model.name`` when there is no index; otherwise loads the index at ``index``.
+        Raises :class:`ConfigError` on bad settings (``top_k`` outside 1..:data:`MAX_TOP_K`, a ``model.name`` other
+        than the index's: :func:`check_index_model`) and ``FileNotFoundError`` when there is no index to search (or
+        to read the model from).
         """
         from pipelines.vespa import config as vespa_config
         from pipelines.vespa import query as vespa_query
@@ -619,18 +625,19 @@ class Searcher:
             raise ConfigError(msg)
         location = index.IndexLocation(str(cfg.index), OmegaConf.to_container(cfg.storage_options))
         index_cfg = read_index_config(location)
+        check_index_model(cfg, location, index_cfg)
         options = {
             "profile": str(cfg.profile),
-            "top_k": int(cfg.top_k),
-            "rerank_count": int(cfg.rerank_count),
+            "top_k": require_int("top_k", cfg.top_k, maximum=MAX_TOP_K),
+            "rerank_count": require_int("rerank_count", cfg.rerank_count),
             "fusion": str(cfg.get("fusion") or "linear"),
             "muvera": _index_muvera(index_cfg),
         }
         local_options = {
             "retrieval": str(cfg.get("retrieval") or "all"),
-            "target_hits": int(cfg.get("target_hits") or 100),
+            "target_hits": require_int("target_hits", cfg.get("target_hits", 100)),
             "max_query_tokens": int(query_settings.max_query_tokens),
-            "page_target_hits": int(cfg.get("page_target_hits") or 200),
+            "page_target_hits": require_int("page_target_hits", cfg.get("page_target_hits", 200)),
         }
         if endpoint.configured:
             if not cfg.model.name and index_cfg is None:
@@ -679,8 +686,8 @@ class Searcher:
         :class:`SearchError` when Vespa cannot answer.
         """
         profile = self.check_profile(profile or self.profile)
-        top_k = self.top_k if top_k is None else int(top_k)
-        rerank_count = self.rerank_count if rerank_count is None else int(rerank_count)
+        top_k = self.top_k if top_k is None else require_int("top_k", top_k, maximum=MAX_TOP_K)
+        rerank_count = self.rerank_count if rerank_count is None else require_int("rerank_count", rerank_count)
         texts = list(texts) if texts is not None else [None] * len(vectors)
         if self.local is not None:
             options = {"retrieval": self.retrieval, "target_hits": self.target_hits}
@@ -719,7 +726,8 @@ class Searcher:
         ids = self.local.pages.column("page_id").to_pylist()
         if page_id not in ids:
             raise KeyError(page_id)
-        hits = self.local.similar_pages(ids.index(page_id), self.top_k if top_k is None else int(top_k))
+        top_k = self.top_k if top_k is None else require_int("top_k", top_k, maximum=MAX_TOP_K)
+        hits = self.local.similar_pages(ids.index(page_id), top_k)
         return self._local_hits(hits)
 
     def _local_hits(self, hits: list[Hit]) -> list[PageHit]:
@@ -746,6 +754,21 @@ def read_index_config(location: index.IndexLocation) -> DictConfig | None:
         return None
 
 
+def check_index_model(cfg: DictConfig, location: index.IndexLocation, index_cfg: DictConfig | None) -> None:
+    """Refuse a ``model.name`` other than the index's: queries must be encoded by the model that embedded the pages
+    (another width fails, the same width ranks meaninglessly). The index's model is the one its ledger recorded when
+    it was created (``ledger/index.json``), else its ``config.yaml``'s. Raises :class:`ConfigError`."""
+    meta = location.ledger.read_meta()
+    recorded = meta["model"] if meta else (index_cfg.model.name if index_cfg is not None else None)
+    if cfg.model.name and recorded and str(cfg.model.name) != str(recorded):
+        msg = (
+            f"model.name={cfg.model.name!r} conflicts with the index at {cfg.index!r}, whose pages were embedded with "
+            f"{recorded!r} ({INDEX_META}): queries are encoded with the index's own model, so drop model.name "
+            "(model.name_or_path, model.device and model.dtype only say where and how that model runs)"
+        )
+        raise ConfigError(msg)
+
+
 def _index_muvera(index_cfg: DictConfig | None) -> MuveraSettings | None:
     """The MUVERA settings the index was built with (its ``pooling.muvera``); None when it records none."""
     node = index_cfg.get("pooling", {}).get("muvera") if index_cfg is not None else None
@@ -753,9 +776,9 @@ def _index_muvera(index_cfg: DictConfig | None) -> MuveraSettings | None:
 
 
 def _query_model(cfg: DictConfig, index_cfg: DictConfig | None) -> QueryModel:
-    """The index's own model (``model.name`` overrides it); paths from the config, else from the index.
+    """The index's own model (without an index: ``model.name``); paths from the config, else from the index.
     ``trust_remote_code`` only from the search config (the user's), never from the index's stored config."""
-    if cfg.model.name:
+    if index_cfg is None:
         name, name_or_path, cache_dir = cfg.model.name, cfg.model.name_or_path, cfg.model.cache_dir
     else:
         name = index_cfg.model.name

@@ -10,9 +10,20 @@ or replaces it when its holder is gone: the lease expired (no heartbeat for ``tt
 is a process of this host that no longer runs (a killed local run is taken over at once). A live holder
 makes the run fail fast with :class:`IndexLocked`, saying who holds the index and until when. While the
 run works, a heartbeat thread renews the lease every ``ttl_s / 4``; a renewal that finds the object
-changed means another run took over (this one stalled past its expiry), and :meth:`Lease.check`, called
-before the commit, raises :class:`LeaseLost` so the stalled run never commits over the new one.
+changed means another run took over (this one stalled past its expiry).
 The lease is deleted when the run ends, whatever the outcome.
+
+**Fencing.** A run that stalls past its expiry (SIGSTOP, a frozen VM, a slow request) and wakes up after
+another run took the index over must never write again. The lease is the index's fence
+(:class:`~pipelines.index.storage.Fence`): the storage layer runs every irreversible write of the
+driver (ledger rows, run markers, compaction rewrites and deletes, ledger snapshots, overwrite
+clearing, the config and report) inside :meth:`Lease.fenced`, which reads the lease object right
+before the write and raises :class:`LeaseLost` unless it still names this run and has not expired.
+On local filesystems the write runs under the lease's ``flock``, which every takeover needs too, so
+no takeover can fall between the check and the write (compare-and-swap). Object stores have no
+multi-object transaction: there the check is one ``GET`` immediately before each write, and expiry
+is judged on the clock of the machine that writes, so only a stall inside that one request can slip
+through. :meth:`Lease.check` is the same check without I/O, for steps outside the index (Vespa deletes).
 
 Every step is a compare-and-swap on the object, so of several runs racing for a free or stale lease
 exactly one wins:
@@ -41,7 +52,7 @@ import posixpath
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +86,8 @@ class IndexLocked(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """Another run took the lease over while this run worked (it had stalled past its expiry)."""
+    """This run no longer holds the index (another run took the lease over after this one stalled past its
+    expiry, or the run already released it): it must not write to the index again."""
 
 
 class VersionedObject(Protocol):
@@ -92,6 +104,10 @@ class VersionedObject(Protocol):
 
     def delete(self, version: str) -> bool:
         """Delete the object if it is still at ``version``."""
+
+    def holding(self) -> contextlib.AbstractContextManager[tuple[bytes, str] | None]:
+        """The object as :meth:`read` gives it, kept from changing until the block ends where the store
+        can (a local lock that every write takes); elsewhere a read immediately before the block."""
 
 
 def versioned_object(fs, path: str) -> VersionedObject:
@@ -155,6 +171,10 @@ class S3Object:
         self.fs.invalidate_cache(self.path)
         return True
 
+    @contextlib.contextmanager
+    def holding(self):
+        yield io.with_retries(self.read, f"reading the lease {self.path}")
+
 
 def _precondition_failed(exc: BaseException) -> bool:
     """s3fs raises a plain OSError for HTTP 412; the botocore error it wraps names the condition."""
@@ -213,6 +233,11 @@ class LocalObject:
             os.remove(self.path)
             return True
 
+    @contextlib.contextmanager
+    def holding(self):
+        with self._locked():
+            yield self._read()
+
 
 class ReadBackObject:
     """Stores without conditional writes: write, wait ``settle_s``, and check the object is still ours."""
@@ -246,6 +271,10 @@ class ReadBackObject:
             return False
         self.fs.rm(self.path)
         return True
+
+    @contextlib.contextmanager
+    def holding(self):
+        yield io.with_retries(self.read, f"reading the lease {self.path}")
 
 
 def _digest(data: bytes) -> str:
@@ -362,16 +391,32 @@ class Lease:
                 logger.warning("lease on %s not renewed (%s: %s); retrying", self.location, type(exc).__name__, exc)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` unless this run still holds the index (call before committing)."""
+        """Raise :class:`LeaseLost` unless this run still holds the index, by what this process knows (no
+        I/O): the heartbeat found the lease replaced, or it could not renew it before its expiry."""
         if not self.lost and self.clock() >= float(self.record["expires_at"]):
             self.lost = "the lease expired before it could be renewed"
         if self.lost:
             msg = (
                 f"this run ({self.record['run_id']}) no longer holds the lease on {self.location!r}: {self.lost}. "
-                f"Nothing of it is committed; the run holding the index now (or the next run) commits the "
-                f"documents it finished."
+                f"It writes nothing more to the index; the run holding the index now (or the next run) commits "
+                f"the documents it finished."
             )
             raise LeaseLost(msg)
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[None]:
+        """Run the block (one irreversible write) only while this run holds the index: the lease object is
+        read right before it and must still name this run, unexpired; on local filesystems it cannot change
+        until the block ends (see the module docstring). Raises :class:`LeaseLost` otherwise."""
+        self.check()
+        with self.store.holding() as current:
+            record = _decode(current[0]) if current is not None else {}
+            if record.get("run_id") != self.record["run_id"]:
+                self.lost = "another run took the lease over" if record else "the lease is gone"
+            elif self.clock() >= float(record.get("expires_at", 0)):
+                self.lost = "the lease expired before it could be renewed"
+            self.check()
+            yield
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lease if it is still ours (never raises)."""
@@ -379,9 +424,9 @@ class Lease:
         if self._thread is not threading.current_thread():
             self._thread.join()
         with self._lock:
-            if self.lost:
+            if self.lost == "released":
                 return
-            try:
+            try:  # also after a lost lease: an expired one nobody took over is still ours to delete (If-Match)
                 io.with_retries(lambda: self.store.delete(self.version), f"releasing the lease on {self.location}")
             except Exception as exc:  # the lease then expires on its own
                 logger.warning("lease on %s not released (%s: %s)", self.location, type(exc).__name__, exc)

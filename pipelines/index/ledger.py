@@ -7,6 +7,8 @@ Layout under the index root::
     ledger/sources/part-*.parquet        append-only rows, one per source per commit; the latest row wins
     ledger/runs/<run_id>/plan.parquet    what a run set out to do, written before any work starts
     ledger/runs/<run_id>/committed.json  written once the run's outcome is in ``sources``
+    ledger/retired/part-*.parquet        part files compaction took out of the index, deleted after a
+                                         grace period (:meth:`Ledger.retire`)
 
 A run goes through four steps, each safe to interrupt anywhere:
 
@@ -19,10 +21,14 @@ A run goes through four steps, each safe to interrupt anywhere:
 3. **Commit.** Read the run's parts; a processed document is complete when every page is a page row
    or a page error row (or it has a document-level error). Append ledger rows for complete documents
    and their aliases, then ``committed.json``. Incomplete documents get no row and are redone.
-4. **Compact.** Rewrite or delete part files holding rows that are no longer visible.
+4. **Compact.** Rewrite part files holding rows that are no longer visible, and retire the parts
+   they replace: those stay readable for ``output.compaction_grace_s`` (a reader that listed them
+   before finishes its read) and a later run deletes them.
 
 A run that died before step 3 is committed by the next run before it plans (:meth:`Ledger.recover`),
 so documents it finished are not redone, and its half-written documents are simply invisible.
+Every write of these steps goes through the index's fence (:mod:`pipelines.index.storage`): a run
+that lost its lease to another writes none of them.
 
 **Visibility** (what readers of the index see): a page row belongs to the index iff its document is
 referenced by a live ledger row (latest row of its source, status ``indexed`` or ``failed``) whose
@@ -57,6 +63,7 @@ LEDGER_DIR = "ledger"
 SOURCES_DIR = "ledger/sources"
 RUNS_DIR = "ledger/runs"
 INDEX_META = "ledger/index.json"
+RETIRED_DIR = "ledger/retired"
 
 #: Ledger part files (one per commit) beyond which a run merges them into one snapshot (:meth:`Ledger.snapshot`).
 SNAPSHOT_PARTS = 16
@@ -92,6 +99,12 @@ LEDGER_SCHEMA = pa.schema(
         # runs in a row that ended this source version with a retryable error (null in older ledgers: 0)
         pa.field("attempts", pa.int32()),
     ]
+)
+
+#: One row per retired part file (:meth:`Ledger.retire`); paths relative to the index root, so a copied
+#: index never deletes the original's files.
+RETIRED_SCHEMA = pa.schema(
+    [pa.field("path", pa.string(), nullable=False), pa.field("retired_at", pa.timestamp("us", tz="UTC"))]
 )
 
 PLAN_SCHEMA = pa.schema(
@@ -267,8 +280,7 @@ class Ledger:
         latest = latest_rows(concat(tables, LEDGER_SCHEMA, None), "source_uri")
         path = self.location.write_part(SOURCES_DIR, latest, tag=run_id)
         failpoints.hit("snapshot_between_write_and_delete")
-        for part in replaced:
-            self.fs.rm(part)
+        self.location.delete(replaced)
         if replaced == self._parts:  # the cached state is what the snapshot holds: keep it
             self._parts = [path]
         else:
@@ -279,6 +291,48 @@ class Ledger:
     def mark_compacted(self, run_ids: Iterable[str], counts: Mapping[str, int]) -> None:
         for run_id in run_ids:
             self.location.write_text(posixpath.join(RUNS_DIR, run_id, "compacted.json"), json.dumps(dict(counts)))
+
+    def retire(self, paths: Iterable[str], grace_s: float) -> None:
+        """Take the part files ``paths`` (full paths, as ``part_files`` lists them) out of the index: they hold
+        no row the ledger's current state shows, or only rows another part repeats. A reader that listed
+        them under an earlier state may still be reading, so they are deleted by :meth:`collect_retired`
+        once ``grace_s`` seconds have passed (at once when ``grace_s`` <= 0)."""
+        paths = list(paths)
+        if not paths:
+            return
+        if grace_s <= 0:
+            self.location.delete(paths)
+            return
+        root = self.location.path("")
+        relative = [path[len(root) :] if path.startswith(root) else path for path in paths]
+        table = pa.table({"path": relative, "retired_at": [_now()] * len(relative)}, schema=RETIRED_SCHEMA)
+        self.location.write_part(RETIRED_DIR, table)
+
+    def retired(self) -> set[str]:
+        """Full paths of the part files retired and not yet deleted (compaction leaves them alone)."""
+        return {path for _, paths, _ in self._retired_lists() for path in paths}
+
+    def collect_retired(self, grace_s: float) -> int:
+        """Delete the part files retired more than ``grace_s`` seconds ago; returns how many."""
+        deadline = _now() - dt.timedelta(seconds=max(0.0, grace_s))
+        deleted = 0
+        for listing, paths, retired_at in self._retired_lists():
+            if retired_at > deadline:
+                continue
+            self.location.delete(paths)
+            self.location.delete([listing])  # last: a run killed before this deletes the rest next time
+            deleted += len(paths)
+        return deleted
+
+    def _retired_lists(self) -> list[tuple[str, list[str], dt.datetime]]:
+        """``(list file, full paths of the parts it retired, when)`` of every retired list."""
+        out = []
+        for listing in self.location.part_files(RETIRED_DIR):
+            table = self.location.read_part(listing, RETIRED_SCHEMA)
+            paths = [self.location.path(path) for path in table.column("path").to_pylist()]
+            retired_at = max((t for t in table.column("retired_at").to_pylist() if t is not None), default=_now())
+            out.append((listing, paths, retired_at))
+        return out
 
     def recover(self, listed: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Commit what every interrupted run finished; returns their commit summaries. ``listed``: as for
@@ -393,10 +447,10 @@ class Ledger:
             },
             schema=PLAN_SCHEMA,
         )
-        path = self.location.path(RUNS_DIR, plan.run_id, "plan.parquet")
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with self.fs.open(path, "wb") as handle:
-            pq.write_table(table, handle)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        path = posixpath.join(RUNS_DIR, plan.run_id, "plan.parquet")
+        self.location.write_bytes(path, buffer.getvalue().to_pybytes())
 
     def commit(self, run_id: str, listed: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Record the outcome of every planned source whose document is complete; returns a summary.

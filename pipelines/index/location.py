@@ -50,9 +50,10 @@ class IndexLocation(PartStore):
     def read_errors(self) -> pa.Table:
         return self.read_table(ERRORS_DIR)
 
-    def compact(self, tags: set[str] | None = None) -> dict[str, int]:
-        """Drop rows nobody sees from the part files of runs ``tags`` (see :func:`pipelines.index.view.compact`)."""
-        return view.compact(self, self.ledger, tags)
+    def compact(self, tags: set[str] | None = None, grace_s: float = 0.0) -> dict[str, int]:
+        """Drop rows nobody sees from the part files of runs ``tags``; the parts replaced are deleted after
+        ``grace_s`` seconds (see :func:`pipelines.index.view.compact`)."""
+        return view.compact(self, self.ledger, tags, grace_s)
 
 
 def embedding_dim(location: IndexLocation) -> int:

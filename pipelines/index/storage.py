@@ -10,16 +10,22 @@ rows are visible. Layout under the index root::
 
 Part files are named ``part-<ns>-<tag>-<rand>.parquet``: names sort in write order, never collide
 between parallel writers, and carry the run that wrote them (the tag).
+
+Every write and delete of a :class:`PartStore` runs inside its :attr:`PartStore.fence` when it has one:
+the driver sets the run's lease (:meth:`pipelines.index.lease.Lease.fenced`), so a run that lost the
+index never writes to it again. The fence stays behind when a store is pickled: Ray write tasks add
+part files that stay invisible until the (fenced) commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +51,13 @@ def part_tag(path: str) -> str | None:
     return pieces[2] if len(pieces) == 4 else None
 
 
+class Fence(Protocol):
+    """What a writer must hold for each irreversible step (see the module docstring)."""
+
+    def fenced(self) -> contextlib.AbstractContextManager[None]:
+        """Run the block only while the writer may still write; raise (and do nothing) otherwise."""
+
+
 class PartStore:
     """Paths, text files and Parquet part files of one index on one filesystem."""
 
@@ -52,6 +65,20 @@ class PartStore:
         self.location = location
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = io.filesystem_for(location, self.storage_options)
+        #: Held around every write and delete (the driver sets its lease); None: unfenced (readers, tools).
+        self.fence: Fence | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "fence": None}
+
+    def fenced(self) -> contextlib.AbstractContextManager[None]:
+        """The block under :attr:`fence` (nothing when there is none)."""
+        return self.fence.fenced() if self.fence is not None else contextlib.nullcontext()
+
+    def check_fence(self) -> None:
+        """Raise unless the writer may still write (for irreversible steps outside the index: Vespa deletes)."""
+        with self.fenced():
+            pass
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -60,7 +87,22 @@ class PartStore:
         """Delete the named directories (relative to the root) and everything under them."""
         for name in names:
             if self.exists(name):
-                self.fs.rm(self.path(name), recursive=True)
+                with self.fenced():
+                    self.fs.rm(self.path(name), recursive=True)
+
+    def delete(self, paths: Iterable[str]) -> None:
+        """Delete the files ``paths`` (full paths, as :meth:`part_files` lists them); missing ones are skipped
+        (a run killed between two deletes left the rest)."""
+        paths = list(paths)
+        if not paths:
+            return
+        with self.fenced():
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm(path)
 
     # Listings and existence checks ask the store every time (io.forget_listings): other processes (Ray write
     # tasks, other runs) write here, and an object-store filesystem's cached listing would never show it.
@@ -82,9 +124,13 @@ class PartStore:
             return []
 
     def write_text(self, name: str, text: str) -> None:
-        """Write a small text file whole (see :meth:`_write_whole`)."""
+        """Write a small text file whole (see :meth:`write_bytes`)."""
+        self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write the file ``name`` (relative to the root) whole (see :meth:`_write_whole`)."""
         self.fs.makedirs(posixpath.dirname(self.path(name)), exist_ok=True)
-        self._write_whole(self.path(name), text.encode())
+        self._write_whole(self.path(name), data)
 
     def _write_whole(self, path: str, data: bytes) -> None:
         """Write ``data`` so that readers see the whole file or no file, even if this process is killed.
@@ -92,17 +138,23 @@ class PartStore:
         On object stores an upload becomes visible only once complete. On local and network
         filesystems a killed writer would leave a truncated file, so the bytes go to a hidden
         temporary name in the same directory first (``part_files`` never lists it) and are renamed,
-        which is atomic there.
+        which is atomic there. The fence covers the step that makes the file visible.
         """
         if not io.is_local(self.fs):
-            with self.fs.open(path, "wb") as handle:
+            with self.fenced(), self.fs.open(path, "wb") as handle:
                 handle.write(data)
             return
         directory, name = posixpath.split(path)
         temporary = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         with self.fs.open(temporary, "wb") as handle:
             handle.write(data)
-        self.fs.mv(temporary, path)
+        try:
+            with self.fenced():
+                self.fs.mv(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(temporary)  # refused by the fence: nothing of it stays
+            raise
 
     def read_text(self, name: str) -> str:
         io.forget_listings(self.fs, self.path(name))  # another process may have written it since a listing
@@ -143,12 +195,18 @@ class PartStore:
         ]
 
     def iter_part_files(
-        self, directory: str, table_schema: pa.Schema, columns: list[str] | None = None, tags: set[str] | None = None
+        self,
+        directory: str,
+        table_schema: pa.Schema,
+        columns: list[str] | None = None,
+        tags: set[str] | None = None,
+        skip: Iterable[str] = (),
     ) -> Iterator[tuple[str, pa.Table]]:
         """``(path, table)`` of every part file under ``directory`` (only those tagged with one of ``tags``,
-        if given), in name (= write) order."""
+        if given; none of ``skip``), in name (= write) order."""
+        skip = set(skip)
         for file in self.part_files(directory):
-            if tags is not None and part_tag(file) not in tags:
+            if (tags is not None and part_tag(file) not in tags) or file in skip:
                 continue
             yield file, self.read_part(file, table_schema, columns)
 

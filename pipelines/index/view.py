@@ -8,6 +8,13 @@ directory (written by tools that bypass the run protocol) is read as is.
 
 Compaction rewrites part files so they hold only visible rows. Readers apply the same rules
 meanwhile, so the index is exactly-once at every moment, not only after compaction.
+
+Readers never fail while a writer commits and compacts: a reader fixes the ledger state once and reads
+the part files it lists under it. The parts compaction replaces are retired, not deleted
+(:meth:`~pipelines.index.ledger.Ledger.retire`): they stay for ``output.compaction_grace_s``, so a read
+that takes less sees exactly the index of the moment it started. A slower read that finds a part gone
+re-resolves: it takes the ledger state and the listing anew and reads the parts it has not read,
+skipping rows it already yielded, so each page still comes once.
 """
 
 from __future__ import annotations
@@ -99,9 +106,14 @@ def with_canonical_uris(pages: pa.Table, rules: Visibility) -> pa.Table:
     return pages.set_column(index, pages.schema.field(index), pa.array(fixed, pa.string()))
 
 
+#: Re-resolutions in a row that read no part before a reader gives up (the parts vanish faster than it reads).
+RESOLVE_ATTEMPTS = 5
+
+
 def iter_visible(store: PartStore, ledger: Ledger, name: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The ``pages`` or ``errors`` table one part file at a time, holding only the rows that belong
-    to the index (committed documents, each page once)."""
+    to the index (committed documents, each page once), also while a writer compacts (see the module
+    docstring)."""
     table_schema, keys = TABLES[name]
     rules = visibility(ledger)
     if rules is None:
@@ -109,28 +121,55 @@ def iter_visible(store: PartStore, ledger: Ledger, name: str, columns: list[str]
         return
     read_columns = None if columns is None else list(dict.fromkeys([*columns, *keys]))
     seen: set = set()
-    for path, table in store.iter_part_files(name, table_schema, read_columns):
-        table = table.filter(visible_mask(table, part_tag(path), rules, seen, name))
-        if name == PAGES_DIR:
-            table = with_canonical_uris(table, rules)
-        yield table.select(columns) if columns is not None else table
+    done: set[str] = set()
+    idle = 0  # re-resolutions since a part was last read
+    while True:
+        for path in store.part_files(name):
+            if path in done:
+                continue
+            try:
+                table = store.read_part(path, table_schema, read_columns)
+            except FileNotFoundError:
+                break  # deleted since listed: re-resolve below
+            done.add(path)
+            idle = 0
+            table = table.filter(visible_mask(table, part_tag(path), rules, seen, name))
+            if name == PAGES_DIR:
+                table = with_canonical_uris(table, rules)
+            yield table.select(columns) if columns is not None else table
+        else:
+            return
+        idle += 1
+        if idle > RESOLVE_ATTEMPTS:
+            msg = f"part files of {store.location!r} keep vanishing while read ({name}): is a writer deleting them?"
+            raise FileNotFoundError(msg)
+        # The ledger state that deleted it, and a listing that shows what replaced it. Invalidate the
+        # directory listings this filesystem object cached (s3fs keeps them) so both are read anew.
+        store.fs.invalidate_cache()
+        rules = visibility(ledger)
+        if rules is None:  # the index was cleared (overwrite): nothing more of it to read
+            return
 
 
-def compact(store: PartStore, ledger: Ledger, tags: set[str] | None = None) -> dict[str, int]:
+def compact(store: PartStore, ledger: Ledger, tags: set[str] | None = None, grace_s: float = 0.0) -> dict[str, int]:
     """Rewrite part files so they hold only visible rows (drop half-written documents of killed runs,
-    superseded and removed documents, repeated writes). Crash-safe: the rewritten part keeps its run
-    tag and is written before the old one is deleted, and readers drop the repeated rows meanwhile.
+    superseded and removed documents, repeated writes), and retire the parts they replace
+    (:meth:`Ledger.retire`: deleted after ``grace_s`` seconds, at once for 0). Crash-safe: the rewritten part
+    keeps its run tag and is written before the old one is retired, and readers drop the repeated rows meanwhile.
 
     ``tags`` limits the work to part files of those runs (a document's visible rows and their
     repeats all carry one tag, so nothing outside them can be a repeat); None looks at every part.
+    Parts already retired are left alone.
     """
     rules = visibility(ledger)
     counts = {"parts_rewritten": 0, "parts_deleted": 0, "rows_dropped": 0}
     if rules is None:
         return counts
+    retired = ledger.retired()
+    superseded: list[str] = []
     for name, (table_schema, keys) in TABLES.items():
         seen: set = set()
-        for path, table in store.iter_part_files(name, table_schema, keys, tags=tags):
+        for path, table in store.iter_part_files(name, table_schema, keys, tags=tags, skip=retired):
             tag = part_tag(path)
             mask = visible_mask(table, tag, rules, seen, name)
             kept = pc.sum(mask).as_py() or 0
@@ -144,6 +183,7 @@ def compact(store: PartStore, ledger: Ledger, tags: set[str] | None = None) -> d
                 counts["parts_rewritten"] += 1
             else:
                 counts["parts_deleted"] += 1
-            store.fs.rm(path)
+            superseded.append(path)
             failpoints.hit("compact_part_done")
+    ledger.retire(superseded, grace_s)
     return counts

@@ -78,13 +78,13 @@ def collate(
 
     Token-like tensors (see :func:`_sequence_keys`) are padded on ``padding_side`` with ``pad_token_id``
     (ids) or 0 (masks, token types); any other tensor whose shapes differ is zero-padded at the end of
-    every axis. Raises ``ValueError`` when the items do not have the same keys and ranks.
+    every axis. Raises ``ValueError`` when the items do not have the same keys (in any order) and ranks.
     """
     if not items:
         msg = "collate needs at least one page"
         raise ValueError(msg)
     keys = list(items[0])
-    if any(list(item) != keys for item in items):
+    if any(set(item) != set(keys) for item in items):  # the same tensors; the order they were stored in may differ
         msg = f"pages have different input keys: {sorted({tuple(item) for item in items})}"
         raise ValueError(msg)
     sequence = _sequence_keys(items)

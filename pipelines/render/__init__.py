@@ -47,14 +47,42 @@ class DocumentInfo:
         return len(self.sizes)
 
 
+#: Longest side of a page image: Pillow's JPEG encoder refuses more ("Maximum supported image dimension is 65500
+#: pixels"); PNG allows more, but a page image must suit either format.
+MAX_IMAGE_SIDE = 65_500
+#: Largest aspect ratio (long side over short side) of a page image: the Qwen2-VL family's image processors
+#: (ColQwen2, 2.5, 3: transformers' ``smart_resize``) refuse more than 200; ColPali, Idefics3 (ColSmol) and
+#: ModernVBERT accept any (checked down to 1-pixel sides). A page beyond it is an ``invalid_page_size`` row:
+#: at any pixel budget its short side is a few dozen pixels (63 at ColQwen's 602,112), nothing a model can read.
+MAX_ASPECT_RATIO = 200
+
+
 def target_size(width_pt: float, height_pt: float, max_pixels: int, max_dpi: float) -> tuple[int, int]:
     """Pixel size to render a page of ``width_pt x height_pt`` points at.
 
     The largest size with at most ``max_pixels`` pixels that keeps the aspect ratio, but never above
-    ``max_dpi`` (upsampling a small page adds no information).
+    ``max_dpi`` (upsampling a small page adds no information) nor :data:`MAX_IMAGE_SIDE` on a side, and
+    never beyond :data:`MAX_ASPECT_RATIO` (a short side that rounding would make too short gets a pixel).
+    Raises :class:`DocumentError` ``invalid_page_size`` for a page without a finite, positive area or with
+    a more extreme aspect ratio, so every size returned is one every later step accepts.
     """
-    if not (width_pt > 0 and height_pt > 0):
-        msg = f"page has no area ({width_pt} x {height_pt} pt)"
+    if not (math.isfinite(width_pt) and math.isfinite(height_pt) and width_pt > 0 and height_pt > 0):
+        msg = f"page has no finite area ({width_pt} x {height_pt} pt)"
         raise DocumentError("invalid_page_size", msg)
-    scale = min(max_dpi / 72.0, math.sqrt(max_pixels / (width_pt * height_pt)))
-    return max(1, math.floor(width_pt * scale)), max(1, math.floor(height_pt * scale))
+    long_pt, short_pt = max(width_pt, height_pt), min(width_pt, height_pt)
+    if long_pt / short_pt > MAX_ASPECT_RATIO:
+        msg = (
+            f"page is {width_pt:g} x {height_pt:g} pt: aspect ratio {long_pt / short_pt:.4g}:1 is beyond the "
+            f"{MAX_ASPECT_RATIO}:1 that page images may have (model processors refuse more)"
+        )
+        raise DocumentError("invalid_page_size", msg)
+    scale = min(max_dpi / 72.0, math.sqrt(max_pixels / width_pt / height_pt), MAX_IMAGE_SIDE / long_pt)
+    long_px = min(MAX_IMAGE_SIDE, max(1, math.floor(long_pt * scale)))
+    short_px = max(1, math.floor(short_pt * scale), math.ceil(long_px / MAX_ASPECT_RATIO))
+    long_px = max(1, min(long_px, max_pixels // short_px))  # the pixel the short side gained stays in the budget
+    return (long_px, short_px) if width_pt >= height_pt else (short_px, long_px)
+
+
+def fits(size: tuple[int, int]) -> bool:
+    """Whether an image of ``size`` pixels is within :data:`MAX_IMAGE_SIDE` and :data:`MAX_ASPECT_RATIO`."""
+    return min(size) >= 1 and max(size) <= MAX_IMAGE_SIDE and max(size) <= MAX_ASPECT_RATIO * min(size)

@@ -17,7 +17,8 @@ from PIL import Image
 from pipelines.render import POPPLER, DocumentError, DocumentInfo, PageSize
 from pipelines.render.bounded import BoundedResult, ChildTimeout, run_bounded
 
-_PAGE_SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size:\s+([\d.]+)\s+x\s+([\d.]+)")
+#: pdfinfo prints sizes with printf's %g: "612 x 792", "3 x 2e+06", "inf x 5".
+_PAGE_SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size:\s+(\S+)\s+x\s+(\S+)")
 _PAGE_ROT_RE = re.compile(r"^Page\s+(\d+)\s+rot:\s+(\d+)")
 _MEDIABOX_RE = re.compile(r"^Page\s+(\d+)\s+MediaBox:\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)")
 _TITLE_RE = re.compile(r"^Title:\s*(.*)$")
@@ -70,7 +71,7 @@ class PopplerRenderer:
             if match := _TITLE_RE.match(line):
                 title = " ".join(match[1].split())[:512]
             elif match := _PAGE_SIZE_RE.match(line):
-                sizes[int(match[1])] = (float(match[2]), float(match[3]))
+                sizes[int(match[1])] = (_points(match[2]), _points(match[3]))
             elif match := _PAGE_ROT_RE.match(line):
                 rotations[int(match[1])] = int(match[2]) % 360
             elif line.startswith("Pages:"):
@@ -146,3 +147,12 @@ class PopplerRenderer:
         # pdftotext ends every page with a form feed.
         pages = result.stdout.decode("utf-8", "replace").split("\f")[: last - first + 1]
         return [page.strip() for page in pages] + [""] * (last - first + 1 - len(pages))
+
+
+def _points(text: str) -> float:
+    """A page side as pdfinfo printed it; 0 (no size: the page becomes an ``invalid_page_size`` row) when it is
+    not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0

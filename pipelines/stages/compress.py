@@ -92,6 +92,8 @@ class PoolStage(Stage):
 
     Runs on long-lived workers: the pooler (colpali-engine's, imported without its model families,
     see :mod:`pipelines.models.colpali`) is loaded once per worker in ``setup`` rather than per task.
+    A page whose vectors the pooler or the page-vector encodings fail on is a ``pool_failed`` error row
+    (:meth:`Stage.__call__ <pipelines.stages.base.Stage.__call__>` redoes the batch page by page).
     """
 
     name: ClassVar[str] = "pool"
@@ -185,7 +187,8 @@ class PoolStage(Stage):
 
 @dataclass
 class BinarizeStage(Stage):
-    """Add ``binary``: the packed sign bits of every (pooled) vector in ``embedding``."""
+    """Add ``binary``: the packed sign bits of every (pooled) vector in ``embedding`` (a page it fails on is a
+    ``binarize_failed`` error row, see :mod:`pipelines.stages.base`)."""
 
     name: ClassVar[str] = "binarize"
     #: How vectors become bits (part of the config hash): one sign bit per dimension, packed big-endian.

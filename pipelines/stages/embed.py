@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from pipelines import schema
 from pipelines.models import inputs
 from pipelines.models.registry import ModelConfig
-from pipelines.stages.base import Stage, error_fields
+from pipelines.stages.base import PipelineFailure, Stage, error_fields
+from pipelines.stages.preprocess import page_inputs
 
 
 @dataclass
@@ -25,9 +24,11 @@ class EmbedStage(Stage):
     them into micro-batches and runs forward passes: up to ``model.micro_batch_size`` pages per pass, or up
     to ``model.batch_tokens`` padded tokens when set (pages of similar token counts share a pass). A row
     without model inputs (the stage used on its own) is preprocessed here first, with the same error rows
-    as the preprocess stage. A ``ValueError`` from a forward pass (inputs the model refuses) is retried page
-    by page so one bad page cannot take its neighbours with it (``embed_failed``); a page whose vectors come
-    out empty or non-finite is a ``bad_vectors`` row. Model-level failures (OOM, device, bad weights) raise.
+    as the preprocess stage. A batch whose forward pass (or anything else) raises is done again page by page
+    (:meth:`Stage.__call__ <pipelines.stages.base.Stage.__call__>`), so one bad page cannot take its neighbours
+    with it: the page that still fails is an ``embed_failed`` row. A page whose vectors come out empty or
+    non-finite is a ``bad_vectors`` row. Failures of the run raise (:func:`~pipelines.stages.base.fails_run`:
+    out of memory, a failed device, a model that cannot load, vectors of another width than the registry's).
     """
 
     name: ClassVar[str] = "embed"
@@ -83,9 +84,9 @@ class EmbedStage(Stage):
             if arrays is not None:
                 todo[i] = arrays
         order = list(todo)
-        for i, vectors in zip(order, self._embed_isolating(order, todo, rows), strict=True):
-            if vectors is None:
-                continue
+        model = self.model
+        embedded = encoder.embed_inputs([todo[i] for i in order], model.micro_batch_size, model.batch_tokens)
+        for i, vectors in zip(order, embedded, strict=True):
             finite = bool(np.isfinite(vectors).all())
             if vectors.shape[0] == 0 or not finite:
                 message = f"model produced {vectors.shape[0]} vectors (all finite: {finite})"
@@ -98,7 +99,7 @@ class EmbedStage(Stage):
                     f"model {self.model.name!r} produced {vectors.shape[1]}-d vectors; "
                     f"the registry says {encoder.spec.dim}"
                 )
-                raise RuntimeError(msg)
+                raise PipelineFailure(msg)
             rows[i]["embedding"] = vectors.astype("<f2").tobytes()
             rows[i]["embedding_dim"] = int(vectors.shape[1])
             rows[i]["n_vectors_raw"] = rows[i]["n_vectors"] = int(vectors.shape[0])
@@ -114,29 +115,7 @@ class EmbedStage(Stage):
         """The row's model inputs: decoded from ``model_inputs``, or computed here when the row has none."""
         if row["model_inputs"] is not None:
             return inputs.decode(row["model_inputs"])
-        try:
-            image = Image.open(io.BytesIO(row["image"]))
-            image.load()
-        except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
-            row.update(error_fields(self.name, "image_decode", f"{type(exc).__name__}: {exc}"))
-            return None
-        try:
-            return encoder.page_inputs(image)
-        except ValueError as exc:
-            row.update(error_fields(self.name, "preprocess_failed", f"{type(exc).__name__}: {exc}"))
-            return None
-
-    def _embed_isolating(self, order: list[int], todo: dict, rows: list[dict]) -> list[np.ndarray | None]:
-        # Only ValueError is the model refusing its inputs; runtime errors (out of memory, device or dtype
-        # problems) are the pipeline's and must fail the run.
-        model = self.model
-        try:
-            return self._encoder.embed_inputs([todo[i] for i in order], model.micro_batch_size, model.batch_tokens)
-        except ValueError as exc:
-            if len(order) > 1:
-                return [self._embed_isolating([i], todo, rows)[0] for i in order]
-            rows[order[0]].update(error_fields(self.name, "embed_failed", f"{type(exc).__name__}: {exc}"))
-            return [None]
+        return page_inputs(row, self.name, encoder.page_inputs)
 
     def _patch_layout(self, size: tuple[int, int], n_vectors: int) -> dict:
         """The page's patch-layout columns (similarity maps), or none when the model's layout is unknown."""

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 
 from pipelines import schema
 from pipelines.models import inputs
 from pipelines.models.registry import ModelConfig
-from pipelines.stages.base import Stage, error_fields
+from pipelines.stages.base import Stage, exception_fields, fails_run
 
 
 @dataclass
@@ -22,8 +24,10 @@ class PreprocessStage(Stage):
 
     Stateless: it runs as CPU tasks (which Ray fuses with rasterization), and the processor (tokenizer plus
     image processor, no weights) is loaded once per worker process. A page whose image cannot be decoded is
-    an ``image_decode`` error row; one the processor refuses (``ValueError``, e.g. an extreme aspect ratio)
-    is a ``preprocess_failed`` row. Anything else raises.
+    an ``image_decode`` error row; one the processor fails on (e.g. refuses an extreme aspect ratio) is a
+    ``preprocess_failed`` row, as is any other exception raised for one page (see
+    :mod:`pipelines.stages.base`). Only failures of the run itself (:func:`~pipelines.stages.base.fails_run`:
+    out of memory, a processor that cannot load) raise.
     """
 
     name: ClassVar[str] = "preprocess"
@@ -47,17 +51,30 @@ class PreprocessStage(Stage):
         for row in rows:
             if row["error_type"] is not None or row["model_inputs"] is not None:
                 continue
-            try:
-                image = Image.open(io.BytesIO(row["image"]))
-                image.load()
-            except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
-                row.update(error_fields(self.name, "image_decode", f"{type(exc).__name__}: {exc}"))
-                continue
-            try:
-                arrays = processor.page_inputs(image)
-            except ValueError as exc:
-                row.update(error_fields(self.name, "preprocess_failed", f"{type(exc).__name__}: {exc}"))
+            arrays = page_inputs(row, self.name, processor.page_inputs)
+            if arrays is None:
                 continue
             row["model_inputs"] = inputs.encode(arrays)
             row["n_tokens"] = inputs.n_tokens(arrays)
         return schema.rows_to_table(rows)
+
+
+def page_inputs(row: dict, stage: str, processor: Callable[[Image.Image], dict]) -> dict[str, np.ndarray] | None:
+    """The model inputs of a page row's ``image`` from ``processor`` (a processor's ``page_inputs``); None after
+    making ``row`` an ``image_decode`` error row (the bytes are no image) or a ``preprocess_failed`` one (the
+    processor fails on the image, e.g. refuses its aspect ratio). Failures of the run raise (``fails_run``)."""
+    try:
+        image = Image.open(io.BytesIO(row["image"]))
+        image.load()
+    except Exception as exc:  # undecodable image bytes are bad data, not a pipeline bug
+        if fails_run(exc):
+            raise
+        row.update(exception_fields(stage, "image_decode", exc))
+        return None
+    try:
+        return processor(image)
+    except Exception as exc:  # the processor refusing this page's image
+        if fails_run(exc):
+            raise
+        row.update(exception_fields(stage, "preprocess_failed", exc))
+        return None

@@ -27,11 +27,21 @@ from PIL import Image
 
 from pipelines import ids, io, schema
 from pipelines.ids import affects_vectors
-from pipelines.render import AUTO, PDFIUM, POPPLER, RENDERERS, DocumentError, DocumentInfo, PageSize, target_size
+from pipelines.render import (
+    AUTO,
+    PDFIUM,
+    POPPLER,
+    RENDERERS,
+    DocumentError,
+    DocumentInfo,
+    PageSize,
+    fits,
+    target_size,
+)
 from pipelines.render.pdfium import PdfiumWorker, shared_worker
 from pipelines.render.poppler import PopplerRenderer
 from pipelines.render.repair import repair_root
-from pipelines.stages.base import Stage, error_fields
+from pipelines.stages.base import PipelineFailure, Stage, error_fields, exception_fields, fails_run
 
 __all__ = ["AUTO_PRIMARY", "DocumentError", "PageSize", "RasterizeStage", "target_size"]
 
@@ -58,7 +68,12 @@ class RasterizeStage(Stage):
     size, ``image`` bytes, ``text`` and ``renderer``; or one error row per failed document
     (``page_number`` null) or per failed page. Error types: ``read_failed``, ``too_large``,
     ``empty_file``, ``not_pdf``, ``encrypted``, ``corrupt``, ``no_pages``, ``timeout``,
-    ``memory_limit``, ``render_failed``, ``invalid_page_size``, ``pixel_cap``.
+    ``memory_limit``, ``render_failed`` (a renderer failed on the page), ``invalid_page_size`` (no finite
+    area, or an aspect ratio beyond :data:`~pipelines.render.MAX_ASPECT_RATIO`: see
+    :func:`~pipelines.render.target_size`), ``pixel_cap``, ``encode_failed`` (the rendered image could not
+    be encoded or thumbnailed), and ``rasterize_failed``: any other exception while processing the document
+    (:meth:`Stage.__call__ <pipelines.stages.base.Stage.__call__>`; the pages it had not yielded yet, or the
+    whole document before its first page).
 
     The pdfium worker process is started on first use, reused for every page and document of this
     stage instance, and stopped by :meth:`close` (or when the stage is garbage-collected, or the job
@@ -167,7 +182,8 @@ class RasterizeStage(Stage):
                 yield schema.rows_to_table(rows)
 
     def rasterize_document(self, uri: str) -> list[dict]:
-        """All page records (and error records) of one document; never raises on bad data."""
+        """All page records (and error records) of one document, for the bad data the stage knows; an
+        unexpected exception propagates (calling the stage turns it into ``rasterize_failed`` rows)."""
         return [row for rows in self.rasterize_windows(uri) for row in rows]
 
     def rasterize_windows(self, uri: str) -> Iterator[list[dict]]:
@@ -178,7 +194,7 @@ class RasterizeStage(Stage):
         """
         if self.max_pixels is None:
             msg = "RasterizeStage.max_pixels is unset: resolve it to the model's budget before rasterizing"
-            raise ValueError(msg)
+            raise PipelineFailure(msg)
         self._deadline = time.monotonic() + self.document_timeout_s
         try:
             data = io.read_bytes(uri, self.storage_options, max_bytes=self.max_file_bytes)
@@ -308,7 +324,7 @@ class RasterizeStage(Stage):
             return rows
         numbers = range(first, first + len(images))
         return [
-            self._page_row(base, n, sizes[n - 1], image, renderer.name)
+            self._page_row(base, n, sizes[n - 1], size, image, renderer.name)
             for n, image in zip(numbers, images, strict=True)
         ]
 
@@ -335,20 +351,32 @@ class RasterizeStage(Stage):
         except DocumentError as second:
             message = f"{exc}; {other.name}: {second}"
             return [self._page_error(base, number, DocumentError(exc.error_type, message))]
-        return [self._page_row(base, number, page, image, other.name)]
+        return [self._page_row(base, number, page, size, image, other.name)]
 
-    def _page_row(self, base, number, page: PageSize, image: Image.Image, renderer) -> dict:
-        """A page record; its ``text`` is filled in once the window's pages are rendered."""
+    def _page_row(self, base, number, page: PageSize, size, image: Image.Image, renderer) -> dict:
+        """A page record, or an ``encode_failed`` page error; its ``text`` is filled in once the window's pages
+        are rendered. An image whose renderer rounded it past what later steps accept (pdfium scales both sides
+        alike) is resized to the ``size`` asked for, which :func:`~pipelines.render.target_size` made fit."""
+        if not fits(image.size):
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        try:
+            encoded, thumbnail = self._encode(image), self._thumbnail(image)
+        except Exception as exc:  # the encoder refusing this image is the page's problem, not the run's
+            if fails_run(exc):
+                raise
+            context = f"cannot encode the {image.width}x{image.height} px page image: "
+            fields = exception_fields(self.name, "encode_failed", exc, context)
+            return {**base, "page_number": number, **fields}
         return {
             **base,
             "page_id": ids.page_id(base["doc_id"], number),
             "page_number": number,
             "width_pt": page.width_pt,
             "height_pt": page.height_pt,
-            "image": self._encode(image),
+            "image": encoded,
             "image_width": image.width,
             "image_height": image.height,
-            "thumbnail": self._thumbnail(image),
+            "thumbnail": thumbnail,
             "text": "",
             "renderer": renderer,
         }

@@ -54,6 +54,7 @@ from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Frame, Paragraph, Spacer, Table, TableStyle
 
 from pipelines.io import write_local_atomic
+from pipelines.queries import QueryFileError, read_objects
 
 __all__ = [
     "CORPUS_PAGES",
@@ -1335,36 +1336,25 @@ def generate_sample_corpus(out_dir: str | os.PathLike[str]) -> list[pathlib.Path
 def load_queries(path: str | os.PathLike[str]) -> list[SampleQuery]:
     """Read a ``queries.jsonl`` file (blank lines ignored, extra keys ignored), in file order.
 
-    Raises ``ValueError`` naming the line if a record is not a JSON object with a non-empty string ``query``, a string
-    ``file_name`` and a positive integer ``page_number``.
+    Raises :class:`~pipelines.queries.QueryFileError` (a ``ValueError``) naming the line if it is not UTF-8 or not a
+    JSON object with a non-empty string ``query``, a string ``file_name`` and a positive integer ``page_number``.
     """
     queries = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                msg = f"{path}:{lineno}: invalid JSON: {e}"
-                raise ValueError(msg) from e
-            if not isinstance(rec, dict):
-                msg = f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}"
-                raise ValueError(msg)
-            query, file_name, page = rec.get("query"), rec.get("file_name"), rec.get("page_number")
-            # bool is an int subclass; a page number of `true` is a data error, not page 1
-            if not (
-                isinstance(query, str)
-                and query.strip()
-                and isinstance(file_name, str)
-                and file_name
-                and isinstance(page, int)
-                and not isinstance(page, bool)
-                and page >= 1
-            ):
-                msg = f"{path}:{lineno}: need non-empty 'query', 'file_name' and integer 'page_number' >= 1: {rec!r}"
-                raise ValueError(msg)
-            queries.append(SampleQuery(query=query, file_name=file_name, page_number=page))
+    for lineno, rec in read_objects(path):
+        query, file_name, page = rec.get("query"), rec.get("file_name"), rec.get("page_number")
+        # bool is an int subclass; a page number of `true` is a data error, not page 1
+        if not (
+            isinstance(query, str)
+            and query.strip()
+            and isinstance(file_name, str)
+            and file_name
+            and isinstance(page, int)
+            and not isinstance(page, bool)
+            and page >= 1
+        ):
+            msg = f"{path}:{lineno}: need non-empty 'query', 'file_name' and integer 'page_number' >= 1: {rec!r}"
+            raise QueryFileError(msg)
+        queries.append(SampleQuery(query=query, file_name=file_name, page_number=page))
     return queries
 
 

@@ -17,6 +17,7 @@ render_bomb.pdf        forms nested 3 deep x 1000: 1e9 fills from ~25 KB  ``time
 long_document.pdf      ``long_pages`` small pages                          indexed, page by page
 flood.pdf              ~2M unknown operators (a warning each) + a         ``timeout``, ``memory_limit``
                        20,000 x 20,000 px image                           or indexed
+absurd_box.pdf         a letter page and a 3 x 2,000,000 pt page          page 2 ``invalid_page_size``
 count_overflow.pdf     page tree ``/Count 99999999999999999999``          indexed (pdfium)
 count_self_ref.pdf     ``/Count 2 0 R`` (a reference to its own object)   indexed (pdfium)
 length_self_ref.pdf    a content stream whose ``/Length`` is itself       indexed
@@ -65,6 +66,7 @@ EXPECTED = {
     "root_misdirected.pdf": {""},
     "empty_cropbox.pdf": {""},
     "binary_header.pdf": {""},
+    "absurd_box.pdf": {""},
 }
 #: Files a renderer reads although an earlier version rejected them; each page shows this text.
 FALSE_REJECTIONS = (
@@ -78,7 +80,7 @@ FALSE_REJECTIONS = (
 MARKER_TEXT = "Hello hostile"
 
 
-def _pdf(objects: list[bytes], root: int = 1, header: bytes = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n") -> bytes:
+def pdf_file(objects: list[bytes], root: int = 1, header: bytes = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n") -> bytes:
     """A well-formed PDF from object bodies (object ``root`` is named the catalog), with a correct xref."""
     out = io.BytesIO()
     out.write(header)
@@ -94,7 +96,8 @@ def _pdf(objects: list[bytes], root: int = 1, header: bytes = b"%PDF-1.7\n%\xe2\
     return out.getvalue()
 
 
-def _stream(data: bytes, extra: bytes = b"", compress: bool = False) -> bytes:
+def pdf_stream(data: bytes, extra: bytes = b"", compress: bool = False) -> bytes:
+    """A stream object's body: ``data`` (Flate-compressed when ``compress``), its ``/Length`` and ``extra`` keys."""
     if compress:
         data = zlib.compress(data, 9)
         extra += b" /Filter /FlateDecode"
@@ -102,12 +105,12 @@ def _stream(data: bytes, extra: bytes = b"", compress: bool = False) -> bytes:
 
 
 def _one_page(media_box: bytes, content: bytes, resources: bytes = b"<< >>", extra: list[bytes] = ()) -> bytes:
-    return _pdf(
+    return pdf_file(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 4 0 R /Resources %s >>" % (media_box, resources),
-            _stream(content),
+            pdf_stream(content),
             *extra,
         ]
     )
@@ -170,16 +173,16 @@ def render_bomb(fan_out: int = 1000, levels: int = 3, seed: int = 0) -> bytes:
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
         b"/Resources << /XObject << /F 5 0 R >> >> >>",
-        _stream(b"/F Do"),
+        pdf_stream(b"/F Do"),
     ]
     form = b"/Type /XObject /Subtype /Form /BBox [0 0 612 792]"
     for level in range(levels - 1):  # object 5 + level draws object 6 + level fan_out times
         content = b"\n".join([b"/F Do"] * fan_out)
         objects.append(
-            _stream(content, b" " + form + b" /Resources << /XObject << /F %d 0 R >> >>" % (6 + level), True)
+            pdf_stream(content, b" " + form + b" /Resources << /XObject << /F %d 0 R >> >>" % (6 + level), True)
         )
-    objects.append(_stream("\n".join(triangles).encode(), b" " + form, True))
-    return _pdf(objects)
+    objects.append(pdf_stream("\n".join(triangles).encode(), b" " + form, True))
+    return pdf_file(objects)
 
 
 def marker_pdf(
@@ -190,16 +193,34 @@ def marker_pdf(
 ) -> bytes:
     """One letter page with :data:`MARKER_TEXT` on a blue box, with parts replaced to break it in one way."""
     marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
-    return _pdf(
+    return pdf_file(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             pages,
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] %s /Contents 4 0 R "
             b"/Resources << /Font << /F1 5 0 R >> >> >>" % page_extra,
-            content if content is not None else _stream(marker),
+            content if content is not None else pdf_stream(marker),
             b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         ],
         **pdf_kwargs,
+    )
+
+
+def absurd_box() -> bytes:
+    """Two pages: a letter page and one of 3 x 2,000,000 pt, the kind of page box that stopped every run: the
+    pixel budget rendered it a pixel wide and hundreds of thousands of pixels tall, which the JPEG encoder refused
+    ("Maximum supported image dimension is 65500 pixels"). Now its second page is an ``invalid_page_size`` row."""
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
+    marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 6 0 R] /Count 2 >>",
+            page % b"[0 0 612 792]",
+            pdf_stream(marker),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            page % b"[0 0 3 2000000]",
+        ]
     )
 
 
@@ -223,13 +244,13 @@ def flood(operators: int = 2_000_000, pixels: int = 20_000) -> bytes:
     image = b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray " % (pixels, pixels)
     image += b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
     content = b"zz " * operators + b"q 612 0 0 792 0 0 cm /Im0 Do Q"
-    return _pdf(
+    return pdf_file(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
             b"/Resources << /XObject << /Im0 5 0 R >> >> >>",
-            _stream(content, compress=True),
+            pdf_stream(content, compress=True),
             image,
         ]
     )
@@ -244,7 +265,7 @@ def hostile_files(long_pages: int = 300, bomb_pixels: int = 25_000) -> dict[str,
         "truncated.pdf": valid[: int(len(valid) * 0.6)],
         "garbage.pdf": b"%PDF-1.7\n" + random.Random(7).randbytes(20_000),
         "encrypted.pdf": text_pdf(text="Secret", password="hunter2"),
-        "zero_pages.pdf": _pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]),
+        "zero_pages.pdf": pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]),
         "not_a_pdf.pdf": png.getvalue(),
         "empty.pdf": b"",
         "huge_page.pdf": _one_page(b"[0 0 200000 200000]", b"BT /F1 2000 Tf 1000 1000 Td (Huge) Tj ET"),
@@ -252,6 +273,7 @@ def hostile_files(long_pages: int = 300, bomb_pixels: int = 25_000) -> dict[str,
         "render_bomb.pdf": render_bomb(),
         "long_document.pdf": text_pdf(pages=long_pages, text="Long document", page_size=(200, 200)),
         "flood.pdf": flood(),
+        "absurd_box.pdf": absurd_box(),
         **false_rejections(),
     }
 

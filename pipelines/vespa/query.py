@@ -188,8 +188,15 @@ def parse_hits(response_json: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def _search_all(endpoint: VespaEndpoint, bodies: list[dict[str, Any]], timeout_s: float) -> list[dict]:
     app = endpoint.connect()
-    async with app.asyncio(connections=1, timeout=timeout_s) as session:
-        responses = [await session.query(body=body) for body in bodies]
+    try:
+        async with app.asyncio(connections=1, timeout=timeout_s) as session:
+            responses = [await session.query(body=body) for body in bodies]
+    except Exception as exc:  # no answer: the HTTP client's error, or tenacity's RetryError after pyvespa's retries
+        last_attempt = getattr(exc, "last_attempt", None)
+        cause = last_attempt.exception() if last_attempt is not None else exc
+        reason = redact_text(f"{type(cause).__name__}: {cause}", endpoint.secrets())
+        msg = f"no answer from Vespa at vespa.endpoint.url={endpoint.safe_url!r} ({reason})"
+        raise VespaQueryError(msg) from exc
     out = []
     for response in responses:
         payload = response.json if isinstance(response.json, dict) else {}

@@ -287,7 +287,9 @@ def replay(
                 if op.doc_id not in sent:
                     sent.add(op.doc_id)
                     yield op
-        yield from removes
+        for remove in removes:
+            location.check_fence()  # a run that lost the index's lease deletes nothing (pipelines.index.lease)
+            yield remove
 
     try:
         result = run_operations(operations(), endpoint, feed_settings, on_outcome=checkpoint, clock=clock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import pytest
@@ -15,7 +16,7 @@ from pipelines.vespa import replay
 from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings
-from tests.helpers import run_python
+from tests.helpers import compose_config, run_python
 from tests.vespa.conftest import doc_rows, vespa_id, write_index
 from tests.vespa.fake_vespa import Drop, Hang, Reset, Status
 
@@ -196,7 +197,8 @@ def test_token_is_sent_but_never_logged_or_stored(tmp_path, fake):
     fake.required_token = token
     args = ["-m", "jobs.feed", f"index={tmp_path}", f"vespa.endpoint.url={fake.url}", "log_level=DEBUG"]
     denied = run_python(args, env={"VESPA_CLOUD_SECRET_TOKEN": "wrong-token-value"})
-    assert denied.returncode == 1 and "401" in denied.stdout
+    assert denied.returncode == 2 and "refused the credentials (HTTP 401, auth=token)" in denied.stderr
+    assert not posts(fake), "a refused token fails before any document is sent"
     ok = run_python(args, env={"VESPA_CLOUD_SECRET_TOKEN": token})
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert len(fake.documents) == 2 and "auth=token" in ok.stdout
@@ -232,6 +234,35 @@ def test_bad_endpoint_config_fails_fast(tmp_path):
     with_credentials = run_python(["-m", "jobs.feed", f"index={tmp_path}", "vespa.endpoint.url=http://u:p@host:8080"])
     assert with_credentials.returncode == 2 and "must not carry credentials" in with_credentials.stderr
     assert "u:p" not in with_credentials.stderr
+
+
+def test_unreachable_vespa_fails_before_any_work_with_the_setting_named(tmp_path, capsys):
+    from jobs.feed import run
+
+    write_index(tmp_path, {"/data/a.pdf": (2, 0)})
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for command in ([], [f"delete.doc_id={'0' * 32}"]):
+            # max_retries=0 keeps the old behaviour (every page "failed", exit 1) quick to see
+            overrides = [f"index={tmp_path}", f"vespa.endpoint.url={url}", "vespa.feed.max_retries=0", *command]
+            assert run(compose_config("feed", overrides)) == 2
+            err = capsys.readouterr().err
+            assert f"no answer from Vespa at vespa.endpoint.url={url!r}" in err and "nothing was sent" in err, err
+    assert not (tmp_path / "vespa").exists(), "nothing was planned or logged"
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [("mode=partial", "mode must be one of"), ("checkpoint_every=0", "checkpoint_every must be an integer >= 1")],
+)
+def test_bad_feed_settings_exit_2_naming_the_key(tmp_path, fake, capsys, override, says):
+    from jobs.feed import run
+
+    write_index(tmp_path, {"/data/a.pdf": (2, 0)})
+    assert run(compose_config("feed", [f"index={tmp_path}", f"vespa.endpoint.url={fake.url}", override])) == 2
+    assert says in capsys.readouterr().err
+    assert not fake.requests, "settings are checked before Vespa is contacted"
 
 
 @pytest.mark.parametrize("form", ["hex", "list"])
