@@ -2,23 +2,18 @@
 index holds every page exactly once, nothing is lost, and finished work was not redone.
 
 Kill points: after some blocks are written (mid-document), between the ledger rows and the commit
-marker, in the middle of compaction (named failpoints, ``pipelines.testing.failpoints``); and on Ray, a worker
-killed right after writing a block (the retried task writes it again) plus the whole driver process
-tree killed from outside while pages are being written.
+marker, in the middle of compaction (named failpoints, ``pipelines.testing.failpoints``). Killed drivers and Ray
+workers on every backend and storage are cells of the fault matrix (tests/test_fault_matrix.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pipelines import index, schema
@@ -112,36 +107,4 @@ def test_killed_between_ledger_rows_and_commit_marker(source, tmp_path, model_ca
     assert code == 0, stderr[-2000:]
     report = assert_complete_and_exactly_once(out)
     assert report["pages_embedded"] == 0  # the rows were already in the ledger; the commit is completed
-    assert len(report["recovered_runs"]) == 1
-
-
-@pytest.mark.slow
-def test_ray_worker_and_driver_killed_then_resumed(source, tmp_path, model_cache):
-    out = tmp_path / "index"
-    once = tmp_path / "once"
-    once.mkdir()
-    # A write task's worker dies right after its first part is written; Ray retries the task, which
-    # writes the same pages again. Then the whole driver process tree is killed from outside.
-    small_blocks = [f"ray.stages.{stage}.batch_size=2" for stage in ("embed", "pool", "binarize")]
-    process = job(
-        source, out, *RAY, *small_blocks, failpoints="after_write_block:1", once_dir=once, start_new_session=True
-    )
-    deadline = time.monotonic() + 600
-    while process.poll() is None and time.monotonic() < deadline:
-        if len(list(out.glob("pages/*.parquet"))) >= 2:
-            break
-        time.sleep(0.1)
-    assert process.poll() is None, "the job finished before it could be killed"
-    tree = [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert (once / "after_write_block").exists()  # the worker failpoint fired
-
-    # The rerun resumes from the ledger, which does not depend on the backend that wrote it: it runs on the local
-    # backend (Ray's own retry was exercised above; a second Ray start-up would cost a third of this test's time).
-    code, stderr = finish(job(source, out, "backend=local"))
-    assert code == 0, stderr[-3000:]
-    report = assert_complete_and_exactly_once(out)
     assert len(report["recovered_runs"]) == 1

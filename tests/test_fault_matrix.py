@@ -28,12 +28,14 @@ import s3fs
 
 from pipelines import index
 from pipelines.index import ledger
-from pipelines.testing import failpoints
+from pipelines.testing import failpoints, hostile
 from pipelines.testing.corpus import EXPECTED_PAGE_COUNTS
 from tests.helpers import index_config, start_cli
 from tests.s3_server import Fault, FaultProxy, MotoS3
 
-#: Three small documents of the sample corpus (7 pages), plus the poison file.
+#: Three small documents of the sample corpus (7 pages), plus the poison file: a letter page and a page of
+#: 3 x 2,000,000 pt, which at any pixel budget is far beyond the 65,500 pixels JPEG can encode (the kind of file
+#: that stopped every run of a real backfill).
 DOCUMENTS = ("coral_reef_research_note.pdf", "product_launch_slides.pdf", "water_main_notice.pdf")
 POISON = "absurd_page_box.pdf"
 PAGES = {name: EXPECTED_PAGE_COUNTS[name] for name in DOCUMENTS}
@@ -53,19 +55,6 @@ def cells():
 
 
 matrix = pytest.mark.parametrize(("backend", "storage"), list(cells()))
-
-
-def absurd_page_box_pdf() -> bytes:
-    """A valid one-page PDF of 2 x 100,000 pt: rendered at any model's pixel budget, its long side is far
-    beyond the 65,500 pixels JPEG can encode (the file that stopped every run of a real backfill)."""
-    from reportlab.pdfgen import canvas
-
-    buffer = bytes_io.BytesIO()
-    page = canvas.Canvas(buffer, pagesize=(2, 100_000))
-    page.drawString(0, 50_000, "x")
-    page.showPage()
-    page.save()
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +131,7 @@ def place(storage, tmp_path, request) -> Place:
     sample = request.getfixturevalue("sample_corpus")
     for name in DOCUMENTS:
         found.put(name, (sample / name).read_bytes())
-    if os.environ.get("MATRIX_POISON", "1") == "1":  # TEMP while developing
-        found.put(POISON, absurd_page_box_pdf())
+    found.put(POISON, hostile.absurd_box())
     return found
 
 
@@ -209,7 +197,7 @@ def assert_exactly_once(place: Place) -> dict:
     per_file.pop(POISON, None)
     assert dict(per_file) == PAGES
     state = {uri.rsplit("/", 1)[-1]: row for uri, row in location.ledger.state().items()}
-    poison = state.get(POISON) or {"status": "indexed"}  # TEMP
+    poison = state[POISON]
     assert poison["status"] in ledger.LIVE and (poison["status"] == ledger.INDEXED or poison["error_type"])
     report = location.read_report()
     assert report["files_unaccounted"] == []
@@ -275,6 +263,9 @@ def test_poison_file(backend, storage, place, runtime):
     status, report = run_here(place, backend)
     assert status == 0, report
     assert_exactly_once(place)
+    poison = {uri.rsplit("/", 1)[-1]: row for uri, row in place.location().ledger.state().items()}[POISON]
+    assert (poison["status"], poison["pages"], poison["page_errors"]) == (ledger.INDEXED, 1, 1)
+    assert poison["error_type"] == "invalid_page_size"
     status, rerun = run_here(place, backend)
     assert status == 0 and rerun["plan"]["to_process"] == 0, rerun["plan"]
     assert_exactly_once(place)

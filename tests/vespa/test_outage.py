@@ -15,9 +15,6 @@ import time
 from collections import Counter
 
 import pyarrow.parquet as pq
-import pytest
-import s3fs
-from omegaconf import OmegaConf
 
 from jobs import feed as feed_job
 from jobs import index as index_job
@@ -28,7 +25,6 @@ from pipelines.vespa.client import VespaEndpoint
 from pipelines.vespa.documents import DocumentSettings
 from pipelines.vespa.feed import FeedSettings, Operation, OutageClock, Outcome, run_operations
 from tests.helpers import compose_config, index_config, run_python
-from tests.s3_server import MotoS3, storage_options
 from tests.vespa.conftest import vespa_id, write_index
 from tests.vespa.fake_vespa import Status
 
@@ -303,37 +299,3 @@ def test_a_replay_killed_inside_compaction_loses_nothing(tmp_path, fake):
     report = replay.replay(location, endpoint, DocumentSettings(), FAST)
     assert report["puts_planned"] == 0 and report["log_compaction"]["log_parts_merged"] == 37
     assert len(log_parts(tmp_path)) == 1 and all(fake.put_counts[vespa_id(p)] == 1 for p in page_ids)
-
-
-@pytest.mark.slow
-def test_ray_on_s3_an_outage_commits_exits_6_and_jobs_feed_feeds_the_rest(
-    ray_cluster, tiny_model_dir, sample_corpus, fake, capsys
-):
-    """The fault-matrix cell Vespa down x Ray x S3: the write tasks run in Ray workers (one gives up, the
-    others learn it from the feed log on S3); the index on moto's S3 commits; jobs.feed feeds the rest."""
-    with MotoS3() as moto:
-        options = storage_options(moto.url)
-        s3fs.S3FileSystem(**options).mkdir("vespa-outage")
-        out = "s3://vespa-outage/index"
-        fake.fault = outage = Outage(up_for=3)
-        cfg = index_config(
-            f"source.location={sample_corpus}",
-            f"output.location={out}",
-            "vespa.inline=true",
-            f"vespa.endpoint.url={fake.url}",
-            *SMALL,
-        )
-        OmegaConf.update(cfg, "output.storage_options", options, force_add=True)
-        assert index_job.run(cfg) == index_job.EXIT_UNAVAILABLE, capsys.readouterr().err
-        location = IndexLocation(out, options)
-        page_ids = location.read_pages(["page_id"]).column("page_id").to_pylist()
-        assert len(page_ids) == 19 and len(fake.documents) == 3, "the index is committed, Vespa has 3 pages"
-        assert location.read_report()["written"]["vespa_unavailable"] == 16
-        assert "16 pages waiting to be fed" in capsys.readouterr().err
-
-        outage.end()
-        feed_cfg = compose_config("feed", [f"index={out}", f"vespa.endpoint.url={fake.url}", *SMALL])
-        OmegaConf.update(feed_cfg, "storage_options", options, force_add=True)
-        assert feed_job.run(feed_cfg) == 0, capsys.readouterr().err
-        assert set(fake.documents) == {vespa_id(p) for p in page_ids}
-        assert all(fake.put_counts[vespa_id(p)] == 1 for p in page_ids)
