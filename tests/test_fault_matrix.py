@@ -47,10 +47,13 @@ _buckets = itertools.count()
 
 
 def cells():
-    """(backend, storage) pairs; Ray cells share the session's Ray instance, so they go to its xdist group."""
+    """(backend, storage) pairs. Ray cells use their xdist worker's session Ray instance; the Ray x S3 cells form
+    a group of their own, so the scheduler can run them beside the other Ray tests (on the other worker, with a
+    Ray instance of its own) instead of after them."""
     for backend in BACKENDS:
         for storage in STORAGES:
-            marks = [pytest.mark.xdist_group("ray")] if backend == "ray" else []
+            group = {"local": "ray", "s3": "ray_s3"}[storage]
+            marks = [pytest.mark.xdist_group(group)] if backend == "ray" else []
             yield pytest.param(backend, storage, id=f"{backend}-{storage}", marks=marks)
 
 
