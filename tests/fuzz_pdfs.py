@@ -37,6 +37,7 @@ from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen.canvas import Canvas
 
+from pipelines.testing import hostile
 from pipelines.testing.hostile import absurd_box, pdf_file, pdf_stream, text_pdf
 
 #: Content of most generated pages: a filled box and a line of text in the page's font.
@@ -397,13 +398,7 @@ def fuzz_corpus(seed: int = 0, flips: int = 120) -> dict[str, bytes]:
 
 def write_fuzz_corpus(out_dir: str | pathlib.Path, **kwargs) -> list[pathlib.Path]:
     """Write :func:`fuzz_corpus` into ``out_dir``; returns the paths written."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, data in fuzz_corpus(**kwargs).items():
-        (out / name).write_bytes(data)
-        paths.append(out / name)
-    return paths
+    return hostile.write_files(out_dir, fuzz_corpus(**kwargs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

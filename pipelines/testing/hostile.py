@@ -278,15 +278,20 @@ def hostile_files(long_pages: int = 300, bomb_pixels: int = 25_000) -> dict[str,
     }
 
 
-def write_hostile_corpus(out_dir: str | pathlib.Path, **kwargs) -> list[pathlib.Path]:
-    """Write :func:`hostile_files` into ``out_dir``; returns the paths written."""
+def write_files(out_dir: str | pathlib.Path, files: dict[str, bytes]) -> list[pathlib.Path]:
+    """Write ``{name: bytes}`` into ``out_dir`` (created if missing); returns the paths written."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, data in hostile_files(**kwargs).items():
+    for name, data in files.items():
         (out / name).write_bytes(data)
         paths.append(out / name)
     return paths
+
+
+def write_hostile_corpus(out_dir: str | pathlib.Path, **kwargs) -> list[pathlib.Path]:
+    """Write :func:`hostile_files` into ``out_dir``; returns the paths written."""
+    return write_files(out_dir, hostile_files(**kwargs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
