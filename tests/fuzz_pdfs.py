@@ -131,25 +131,26 @@ def _aspects() -> dict[str, bytes]:
 
 
 def _user_units() -> dict[str, bytes]:
-    out = {}
     units = {"1e6": b"1e6", "75000": b"75000", "0": b"0", "neg": b"-1", "negbig": b"-1e6", "tiny": b"1e-9",
              "name": b"/Big", "string": b"(3)", "max": b"1e308", "ref": b"99 0 R"}  # fmt: skip
     boxes = {"letter": _box(0, 0, 612, 792), "max": _box(0, 0, 14400, 14400), "strip": _box(0, 0, 1, 14400)}
-    for unit, value in units.items():
-        for box, media in boxes.items():
-            out[f"userunit-{unit}-{box}"] = page_pdf(b"/MediaBox %s /UserUnit %s" % (media, value))
-    return out
+    return _each_box("userunit", b"/UserUnit", units, boxes)
 
 
 def _rotations() -> dict[str, bytes]:
-    out = {}
     rotations = {"90": b"90", "180": b"180", "270": b"270", "neg90": b"-90", "45": b"45", "450": b"450",
                  "huge": b"1000000000", "float": b"3.5", "name": b"/R", "overflow": b"2147483737"}  # fmt: skip
     boxes = {"letter": _box(0, 0, 612, 792), "strip": _box(0, 0, 4, 780), "inverted": _box(612, 792, 0, 0)}
-    for rotation, value in rotations.items():
-        for box, media in boxes.items():
-            out[f"rotate-{rotation}-{box}"] = page_pdf(b"/MediaBox %s /Rotate %s" % (media, value))
-    return out
+    return _each_box("rotate", b"/Rotate", rotations, boxes)
+
+
+def _each_box(family: str, key: bytes, values: dict[str, bytes], boxes: dict[str, bytes]) -> dict[str, bytes]:
+    """One page per (value, box): ``/MediaBox <box> <key> <value>``, named ``<family>-<value>-<box>``."""
+    return {
+        f"{family}-{value_name}-{box_name}": page_pdf(b"/MediaBox %s %s %s" % (media, key, value))
+        for value_name, value in values.items()
+        for box_name, media in boxes.items()
+    }
 
 
 def _counts() -> dict[str, bytes]:
