@@ -184,9 +184,8 @@ def wait_for(condition, what: str, timeout: float = 300, process: subprocess.Pop
 
 
 def page_parts(place: Place) -> int:
-    location = place.location()
-    location.fs.invalidate_cache()
-    return len(location.fs.glob(location.path("pages", "*.parquet")))
+    """Page part files in the index now (``part_files`` asks the store, past any cached listing)."""
+    return len(place.location().part_files("pages"))
 
 
 def assert_exactly_once(place: Place) -> dict:
