@@ -417,7 +417,12 @@ def _source_file(fs, path: str, info: Mapping[str, Any]) -> SourceFile:
     else:
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("updated")
         version = f"mtime:{mtime}:size:{size}"
-    return SourceFile(local_uri(path) if is_local(fs) else fs.unstrip_protocol(path), size, version)
+    return SourceFile(_uri(fs, path), size, version)
+
+
+def _uri(fs, path: str) -> str:
+    """The URI a listed path is given (local names that are not UTF-8: :func:`local_uri`)."""
+    return local_uri(path) if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):
@@ -429,7 +434,7 @@ def _split_by_suffix(fs, infos: Mapping[str, dict], suffixes: tuple[str, ...]):
         if info.get("type", "file") == "file" and p.lower().endswith(wanted):
             files.append(_source_file(fs, p, info))
         else:
-            skipped.append(local_uri(p) if is_local(fs) else fs.unstrip_protocol(p))
+            skipped.append(_uri(fs, p))
     return sorted(files), sorted(skipped)
 
 

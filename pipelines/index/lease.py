@@ -23,7 +23,8 @@ On local filesystems the write runs under the lease's ``flock``, which every tak
 no takeover can fall between the check and the write (compare-and-swap). Object stores have no
 multi-object transaction: there the check is one ``GET`` immediately before each write, and expiry
 is judged on the clock of the machine that writes, so only a stall inside that one request can slip
-through. :meth:`Lease.check` is the same check without I/O, for steps outside the index (Vespa deletes).
+through. Vespa deletes are fenced the same way (``PartStore.check_fence``); :meth:`Lease.check` is the check
+without I/O, run once before the commit starts.
 
 Every step is a compare-and-swap on the object, so of several runs racing for a free or stale lease
 exactly one wins:

@@ -200,9 +200,10 @@ class Ledger:
         return self._derived[name]
 
     def read_meta(self) -> dict[str, Any] | None:
-        if not self.location.exists(INDEX_META):
+        try:
+            return json.loads(self.location.read_text(INDEX_META))  # read_text asks the store, past any cache
+        except FileNotFoundError:
             return None
-        return json.loads(self.location.read_text(INDEX_META))
 
     # -- the run protocol ------------------------------------------------------------------------
 

@@ -143,9 +143,8 @@ def iter_visible(store: PartStore, ledger: Ledger, name: str, columns: list[str]
         if idle > RESOLVE_ATTEMPTS:
             msg = f"part files of {store.location!r} keep vanishing while read ({name}): is a writer deleting them?"
             raise FileNotFoundError(msg)
-        # The ledger state that deleted it, and a listing that shows what replaced it. Invalidate the
-        # directory listings this filesystem object cached (s3fs keeps them) so both are read anew.
-        store.fs.invalidate_cache()
+        # The ledger state that deleted it, and a listing that shows what replaced it (both ask the store:
+        # every ledger and part listing goes through io.forget_listings).
         rules = visibility(ledger)
         if rules is None:  # the index was cleared (overwrite): nothing more of it to read
             return

@@ -28,7 +28,6 @@ the log: the next replay puts them. The report says ``unavailable``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -41,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.index import IndexLocation
-from pipelines.index.storage import latest_rows
+from pipelines.index.storage import concat, latest_rows
 from pipelines.testing import failpoints
 from pipelines.vespa import documents
 from pipelines.vespa.client import VespaEndpoint
@@ -114,7 +113,7 @@ class FeedLog:
                 if attempt == 2:
                     raise
                 continue
-            return parts, pa.concat_tables(tables) if tables else LOG_SCHEMA.empty_table()
+            return parts, concat(tables, LOG_SCHEMA, None)
         raise AssertionError("unreachable")
 
     def latest(self) -> tuple[list[str], int, pa.Table]:
@@ -145,9 +144,7 @@ class FeedLog:
         if kept.num_rows:
             self.location.write_part(self.log_dir, kept, after=parts[-1])
         failpoints.hit("feed_log_between_write_and_delete")
-        for part in parts:
-            with contextlib.suppress(FileNotFoundError):  # a concurrent replay compacted the same parts
-                self.location.fs.rm(part)
+        self.location.delete(parts)  # missing ones are skipped: a concurrent replay compacted the same parts
         logger.info("feed log %s: %d part files merged into %d rows", self.root, len(parts), kept.num_rows)
         return {"log_parts_merged": len(parts), "log_rows_kept": kept.num_rows}
 
