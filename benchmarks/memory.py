@@ -22,7 +22,6 @@ dropping each block (:data:`PREPROCESS_ONLY`), now over ``pages`` and over ``bef
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import random
@@ -37,10 +36,10 @@ import psutil
 from reportlab.lib.pagesizes import LETTER
 from reportlab.pdfgen.canvas import Canvas
 
-from benchmarks.common import REFERENCE_MODEL, check
+from benchmarks.common import REFERENCE_MODEL, REPO, check
+from benchmarks.rasterize import tree_rss_bytes
 from pipelines.models.registry import get_spec
 
-REPO = Path(__file__).resolve().parents[1]
 #: ``main`` before issue 20 part 6: its local loop held a whole document's windows and model inputs.
 BEFORE_REF = "d263a60b87a72cb80296f5fa981d04419537a564"
 SAMPLE_SECONDS = 0.02
@@ -83,15 +82,6 @@ def long_pdf(path: str | os.PathLike[str], pages: int, seed: int = 0) -> Path:
     return out
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of ``process`` and all its descendants (0 for those gone meanwhile)."""
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):  # a child that exited meanwhile
-            total += member.memory_info().rss
-    return total
-
-
 def peak_tree_rss(command: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -> dict:
     """Run ``command``, sampling its process tree's RSS; returns ``peak_rss_bytes``, ``wall_seconds``, exit code."""
     started = time.perf_counter()
@@ -101,7 +91,7 @@ def peak_tree_rss(command: list[str], cwd: Path, env: dict[str, str], timeout_s:
         if time.perf_counter() - started > timeout_s:
             child.kill()
             break
-        peak = max(peak, tree_rss(process))
+        peak = max(peak, tree_rss_bytes(process))
         time.sleep(SAMPLE_SECONDS)
     stderr = child.communicate()[1]
     return {
@@ -167,8 +157,9 @@ def bench_memory(
         for label, repo in repos.items():
             script = ["-c", PREPROCESS_ONLY, short.as_uri(), str(max_pixels)]
             inputs[f"{label}_{before_pages}_pages"] = _measured(repo, script, timeout_s)
-        script = ["-c", PREPROCESS_ONLY, pdf.as_uri(), str(max_pixels)]
-        inputs[f"after_{pages}_pages"] = _measured(repo, script, timeout_s)
+        if pages != before_pages:  # else the loop above measured it
+            script = ["-c", PREPROCESS_ONLY, pdf.as_uri(), str(max_pixels)]
+            inputs[f"after_{pages}_pages"] = _measured(repos["after"], script, timeout_s)
     job["ratio"] = round(job["before"]["peak_rss_bytes"] / job["after"]["peak_rss_bytes"], 2)
     before, after = inputs[f"before_{before_pages}_pages"], inputs[f"after_{before_pages}_pages"]
     inputs["ratio_at_before_pages"] = round(before["peak_rss_bytes"] / after["peak_rss_bytes"], 2)
