@@ -196,7 +196,7 @@ def _fused_window(previous: Stage | None, stage: Stage, plan: StagePlan) -> int 
     merged input is bounded by the block size (JPEG bytes), not by the document's length.
     """
     window = getattr(previous, "window_pages", None)
-    if previous is None or not previous.changes_row_count or not isinstance(window, int):
+    if not isinstance(window, int) or not previous.changes_row_count:
         return None
     if stage.stateful or plan.resources_of(stage).batch_size is not None:
         return None  # an actor pool or a set batch size: Ray Data already cuts the input into batches

@@ -78,6 +78,8 @@ FALSE_REJECTIONS = (
     "binary_header.pdf",
 )
 MARKER_TEXT = "Hello hostile"
+#: A page's content stream: a blue box and :data:`MARKER_TEXT` (how tests recognize a page that was drawn).
+MARKER_CONTENT = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
 
 
 def pdf_file(objects: list[bytes], root: int = 1, header: bytes = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n") -> bytes:
@@ -192,7 +194,7 @@ def marker_pdf(
     **pdf_kwargs,
 ) -> bytes:
     """One letter page with :data:`MARKER_TEXT` on a blue box, with parts replaced to break it in one way."""
-    marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
+    marker = MARKER_CONTENT
     return pdf_file(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -211,7 +213,7 @@ def absurd_box() -> bytes:
     pixel budget rendered it a pixel wide and hundreds of thousands of pixels tall, which the JPEG encoder refused
     ("Maximum supported image dimension is 65500 pixels"). Now its second page is an ``invalid_page_size`` row."""
     page = b"<< /Type /Page /Parent 2 0 R /MediaBox %s /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>"
-    marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
+    marker = MARKER_CONTENT
     return pdf_file(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -226,7 +228,7 @@ def absurd_box() -> bytes:
 
 def false_rejections() -> dict[str, bytes]:
     """Files an earlier version rejected as ``corrupt``/``not_pdf``/``invalid_page_size`` that a renderer reads."""
-    marker = b"0 0 1 rg 50 50 500 300 re f BT /F1 48 Tf 72 600 Td (%s) Tj ET" % MARKER_TEXT.encode()
+    marker = MARKER_CONTENT
     return {
         "count_overflow.pdf": marker_pdf(pages=b"<< /Type /Pages /Kids [3 0 R] /Count 99999999999999999999 >>"),
         "count_self_ref.pdf": marker_pdf(pages=b"<< /Type /Pages /Kids [3 0 R] /Count 2 0 R >>"),
